@@ -1,0 +1,185 @@
+"""Tokenize the corpus and pack it into fixed-length MLM sequences in ArrayRecord shards.
+
+    python -m data_prep.build_mlm_shards --corpus data/arxiv_abstracts.jsonl.gz --tokenizer data/tokenizer \
+        --seq-len 128 --out data/mlm128 --num-shards 64 --validation-fraction 0.005
+
+Packing, as BERT pre-training: documents are tokenized without special tokens and joined into one stream with
+[SEP] between documents; the stream is cut into chunks of seq_len - 2 tokens, and each record is
+[CLS] chunk [SEP]. No token is dropped and none is padding; only the last record of a split is shorter
+(the collator pads it). Record k of a split goes to shard k % num_shards (round robin: shards fill while streaming,
+and their sizes differ by at most one record). The validation split, if any, is one shard: it is small and read
+whole. Which split a document goes to is decided by a sha256 of its id, so it does not change when documents are
+added, removed or reordered.
+
+The output format is records.py's. Everything is built in a staging directory and renamed to --out at the end, so a
+directory with a manifest.json is always complete; the same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import os
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from data_prep import corpus_io
+from physbert_jax import records
+
+SPECIAL_NAMES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+BATCH_DOCS = 512  # Documents per encode_batch call: enough to keep the Rust thread pool busy.
+# One record per ArrayRecord chunk, so that reading record i decompresses only record i: the input pipeline reads
+# records in a global random order.
+WRITER_OPTIONS = "group_size:1"
+
+
+def validation_score(doc_id: str) -> float:
+  """A stable uniform number in [0, 1) per document id (sha256, not Python's salted hash)."""
+  digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "little") / 2.0**64
+
+
+class _SplitWriter:
+  """Packs one split's document stream into records and deals them round robin over its shards."""
+
+  def __init__(self, directory: str, split: str, num_shards: int, seq_len: int, cls: int, sep: int,
+               dtype: np.dtype):
+    self.chunk = seq_len - 2  # Room left by the [CLS] ... [SEP] framing.
+    self.cls, self.sep, self.dtype = cls, sep, dtype
+    self.names = [records.shard_name(split, i, num_shards) for i in range(num_shards)]
+    self.writers = [ArrayRecordWriter(os.path.join(directory, n), WRITER_OPTIONS) for n in self.names]
+    self.counts = [[0, 0] for _ in self.names]  # [records, tokens] per shard.
+    self.buffer = np.zeros(0, np.int64)  # Stream tokens not yet in a record.
+    self.documents = 0
+    self.records = 0
+
+  def add(self, ids: list[int]) -> None:
+    parts = [self.buffer, [self.sep], ids] if self.documents else [self.buffer, ids]
+    self.buffer = np.concatenate(parts).astype(np.int64)
+    self.documents += 1
+    n_full = len(self.buffer) // self.chunk
+    for i in range(n_full):
+      self._write(self.buffer[i * self.chunk:(i + 1) * self.chunk])
+    self.buffer = self.buffer[n_full * self.chunk:]
+
+  def _write(self, chunk: np.ndarray) -> None:
+    record = np.concatenate([[self.cls], chunk, [self.sep]])
+    shard = self.records % len(self.writers)
+    self.writers[shard].write(records.encode(record, self.dtype))
+    self.counts[shard][0] += 1
+    self.counts[shard][1] += len(record)
+    self.records += 1
+
+  def close(self) -> dict:
+    if len(self.buffer):
+      self._write(self.buffer)  # The short tail record.
+    for w in self.writers:
+      w.close()
+    shards = [{"path": n, "records": r, "tokens": t} for n, (r, t) in zip(self.names, self.counts)]
+    return {"records": sum(r for r, _ in self.counts), "tokens": sum(t for _, t in self.counts), "shards": shards}
+
+
+def _batches(docs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+  while batch := list(itertools.islice(docs, size)):
+    yield batch
+
+
+def special_ids(tok: Tokenizer, tokenizer_json: str) -> dict[str, int]:
+  ids = {name: tok.token_to_id(token) for name, token in SPECIAL_NAMES.items()}
+  missing = [SPECIAL_NAMES[n] for n, i in ids.items() if i is None]
+  if missing:
+    raise ValueError(f"{tokenizer_json} lacks special tokens {missing}: train it with data_prep.train_tokenizer")
+  return ids
+
+
+def build_mlm_shards(paths: Iterable[str], tokenizer_dir: str, seq_len: int, out_dir: str, num_shards: int = 4,
+                     validation_fraction: float = 0.0, verbose: bool = True) -> dict:
+  """Build the shard directory `out_dir`; return its manifest. The summary also goes to `out_dir`/report.json."""
+  start = time.time()
+  paths = list(paths)
+  if seq_len < 3:
+    raise ValueError(f"seq_len {seq_len}: a record needs [CLS], at least one token and [SEP]")
+  if num_shards < 1 or not 0.0 <= validation_fraction < 1.0:
+    raise ValueError(f"need num_shards >= 1 and 0 <= validation_fraction < 1, got {num_shards}, "
+                     f"{validation_fraction}")
+  tokenizer_json = os.path.join(tokenizer_dir, "tokenizer.json")
+  with open(tokenizer_json, "rb") as f:
+    tokenizer_bytes = f.read()
+  tok = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
+  ids = special_ids(tok, tokenizer_json)
+  vocab_size = tok.get_vocab_size(with_added_tokens=True)
+  dtype = records.token_dtype(vocab_size)
+
+  tmp = corpus_io.staging_dir(out_dir)
+  make = lambda split, n: _SplitWriter(tmp, split, n, seq_len, ids["cls"], ids["sep"], dtype)
+  splits = {"train": make("train", num_shards)}
+  if validation_fraction > 0:
+    splits["validation"] = make("validation", 1)
+
+  skipped = corpus_io.Skipped()
+  docs = corpus_io.iter_documents(paths, skipped)
+  progress = tqdm(unit="doc", desc="tokenize", disable=not verbose or None, mininterval=2.0)
+  for batch in _batches(docs, BATCH_DOCS):
+    encodings = tok.encode_batch([text for _, text in batch], add_special_tokens=False)
+    for (doc_id, _), enc in zip(batch, encodings):
+      if not enc.ids:
+        skipped.add(doc_id, None, "no tokens")  # e.g. only control characters; would leave [SEP] [SEP] behind.
+        continue
+      split = "validation" if validation_score(doc_id) < validation_fraction else "train"
+      splits[split].add(enc.ids)
+    progress.update(len(batch))
+  progress.close()
+
+  documents = {name: w.documents for name, w in splits.items()}
+  if not sum(documents.values()):
+    raise ValueError(f"no documents found in {paths}; {skipped.summary()}")
+  manifest = {
+      "format": records.FORMAT,
+      "seq_len": seq_len,
+      "dtype": dtype.str,
+      "vocab_size": vocab_size,
+      "special_ids": ids,
+      "tokenizer": {"path": os.path.abspath(tokenizer_dir), "sha256": hashlib.sha256(tokenizer_bytes).hexdigest()},
+      "splits": {name: w.close() for name, w in splits.items()},
+  }
+  # Deterministic contents only (no timings; corpus paths as given), so that a rebuild is byte-identical.
+  report = {
+      "corpus": paths,
+      "documents": documents,
+      "skipped": skipped.to_json(),
+      "records": {name: s["records"] for name, s in manifest["splits"].items()},
+      "tokens": {name: s["tokens"] for name, s in manifest["splits"].items()},
+  }
+  records.write_json_atomic(os.path.join(tmp, "report.json"), report)
+  records.write_json_atomic(os.path.join(tmp, records.MANIFEST), manifest)
+  corpus_io.publish_dir(tmp, out_dir)
+  if verbose:
+    for name, s in manifest["splits"].items():
+      print(f"{name}: {documents[name]} docs -> {s['records']} records, {s['tokens']} tokens "
+            f"in {len(s['shards'])} shard(s)")
+    print(skipped.summary())
+    print(f"seq_len {seq_len}, vocab {vocab_size} ({dtype.name}); {time.time() - start:.1f}s -> {out_dir}")
+  return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--corpus", nargs="+", required=True, help=".txt/.jsonl/.jsonl.gz files or directories")
+  p.add_argument("--tokenizer", required=True, help="directory written by data_prep.train_tokenizer")
+  p.add_argument("--seq-len", type=int, default=128, help="record length incl. [CLS]/[SEP]; PhysBERT: 128, 512")
+  p.add_argument("--out", required=True, help="output shard directory (replaced if it exists)")
+  p.add_argument("--num-shards", type=int, default=4, help="train shards; more than hosts x workers reading")
+  p.add_argument("--validation-fraction", type=float, default=0.0, help="share of documents held out, by id hash")
+  args = p.parse_args(argv)
+  build_mlm_shards(args.corpus, args.tokenizer, args.seq_len, args.out, num_shards=args.num_shards,
+                   validation_fraction=args.validation_fraction)
+
+
+if __name__ == "__main__":
+  main()

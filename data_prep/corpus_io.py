@@ -1,0 +1,161 @@
+"""Reading corpus documents, and publishing data_prep outputs so readers never see half of one.
+
+A corpus is any mix of:
+
+    *.txt               one document per non-empty line
+    *.jsonl, *.jsonl.gz one JSON object per line: {"id": ..., "text": ...}; "id" is optional
+    directories         every such file inside, recursively, in sorted order
+
+Documents come out as (doc_id, text). A document without an "id" is named `<file>:<line>`, where <file> is the
+path relative to the corpus argument (the base name for a file argument), so ids do not depend on where the corpus
+is mounted: the train/validation split hashes them.
+
+Bad lines (invalid JSON, no usable "text", bytes that are not UTF-8) do not stop a multi-hour job: they are skipped
+and recorded in a `Skipped` that the caller prints and writes to its report. A missing file or an unknown file type
+is an error: that is a wrong command line, not bad data.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from typing import Iterable, Iterator
+
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
+
+
+class Skipped:
+  """Lines that were not documents: where and why. Keeps every count, and the first `keep` locations."""
+
+  def __init__(self, keep: int = 1000):
+    self.keep = keep
+    self.count = 0
+    self.by_reason: collections.Counter[str] = collections.Counter()
+    self.entries: list[dict] = []
+
+  def add(self, file: str, line: int | None, reason: str) -> None:
+    self.count += 1
+    self.by_reason[reason] += 1
+    if len(self.entries) < self.keep:
+      self.entries.append({"file": file, "line": line, "reason": reason})
+
+  def __len__(self) -> int:
+    return self.count
+
+  def to_json(self) -> dict:
+    return {"count": self.count, "by_reason": dict(sorted(self.by_reason.items())), "entries": self.entries}
+
+  def summary(self, show: int = 10) -> str:
+    if not self.count:
+      return "skipped: none"
+    reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.by_reason.items()))
+    lines = [f"skipped: {self.count} ({reasons})"]
+    lines += [f"  {e['file']}:{e['line']}: {e['reason']}" for e in self.entries[:show]]
+    if self.count > show:
+      lines.append(f"  ... {self.count - show} more (see the report)")
+    return "\n".join(lines)
+
+
+def expand_paths(paths: Iterable[str]) -> list[tuple[str, str]]:
+  """Corpus arguments -> [(file path, name used in ids and reports)], in a stable order."""
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = []
+      for root, dirs, names in os.walk(path):
+        dirs.sort()
+        found += [os.path.join(root, n) for n in names if n.endswith(SUFFIXES)]
+      if not found:
+        raise FileNotFoundError(f"{path}: directory holds no corpus files ({', '.join(SUFFIXES)})")
+      files += [(f, os.path.relpath(f, path)) for f in sorted(found)]
+    elif os.path.isfile(path):
+      if not path.endswith(SUFFIXES):
+        raise ValueError(f"{path}: unknown corpus file type; expected one of {', '.join(SUFFIXES)}")
+      files.append((path, os.path.basename(path)))
+    else:
+      raise FileNotFoundError(f"{path}: no such corpus file or directory")
+  return files
+
+
+def _lines(path: str) -> Iterator[tuple[int, bytes]]:
+  # Binary, so that one undecodable line is skipped instead of failing the whole file.
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      yield lineno, raw
+
+
+def _json_document(line: str) -> tuple[str | None, str] | str:
+  """A .jsonl line -> (id or None, text), or the reason it is not a document."""
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError:
+    return "invalid JSON"
+  if not isinstance(obj, dict):
+    return "not a JSON object"
+  text = obj.get("text")
+  if text is None:
+    return "missing text"
+  if not isinstance(text, str):
+    return "text is not a string"
+  if not text.strip():
+    return "empty text"
+  doc_id = obj.get("id")
+  return (None if doc_id is None else str(doc_id)), text.strip()
+
+
+def iter_documents(paths: Iterable[str], skipped: Skipped | None = None) -> Iterator[tuple[str, str]]:
+  """Yield (doc_id, text) for every document under `paths`; bad lines go to `skipped`."""
+  skipped = Skipped() if skipped is None else skipped
+  for path, name in expand_paths(paths):
+    is_json = not path.endswith(".txt")
+    for lineno, raw in _lines(path):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError:
+        skipped.add(name, lineno, "not UTF-8")
+        continue
+      if not line.strip():
+        continue  # Blank lines separate nothing and are not errors.
+      if is_json:
+        doc = _json_document(line)
+        if isinstance(doc, str):
+          skipped.add(name, lineno, doc)
+          continue
+        doc_id, text = doc
+      else:
+        doc_id, text = None, line.strip()
+      yield (doc_id if doc_id is not None else f"{name}:{lineno}"), text
+
+
+# --- Publishing outputs ----------------------------------------------------------------------------------------
+
+
+def staging_dir(out_dir: str) -> str:
+  """A fresh temp directory next to `out_dir` (same file system, so `publish_dir` is a rename)."""
+  out_dir = os.path.abspath(out_dir)
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+  os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the published directory is shared with other jobs and users.
+  return tmp
+
+
+def publish_dir(tmp_dir: str, out_dir: str) -> None:
+  """Move a finished `tmp_dir` to `out_dir`, replacing what was there.
+
+  A rename cannot replace a non-empty directory, so an old `out_dir` is first renamed aside: readers see the old
+  complete directory, briefly none, then the new complete one, never a mixture.
+  """
+  out_dir = os.path.abspath(out_dir)
+  old = None
+  if os.path.exists(out_dir):
+    old = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".{os.path.basename(out_dir)}.old-")
+    os.replace(out_dir, os.path.join(old, "d"))
+  os.replace(tmp_dir, out_dir)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,92 @@
+"""The on-disk format of MLM training shards. Writer (data_prep) and reader (input_pipeline) both use this module.
+
+A shard directory holds:
+
+    manifest.json   {"format": "physbert-mlm-v1", "seq_len": 128, "dtype": "<u2", "vocab_size": 30523,
+                     "special_ids": {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4},
+                     "tokenizer": {"path": "/abs/path/tokenizer", "sha256": "<of tokenizer.json>"},
+                     "splits": {"train": {"records": N, "tokens": T,
+                                          "shards": [{"path": "train-00000-of-00004.array_record",
+                                                      "records": n, "tokens": t}, ...]},
+                                "validation": {...}}}
+    train-00000-of-00004.array_record, ...
+
+Each ArrayRecord record is one training sequence, ready for the model:
+
+    [CLS] tok tok ... [SEP] tok tok ... [SEP]        (length <= seq_len, documents joined by [SEP])
+
+stored as the raw little-endian bytes of a uint16 array when the vocabulary fits (30,523 does), else uint32.
+Which one is in the manifest (`dtype`); a record carries no header, so reading is one `np.frombuffer`.
+Sequences shorter than seq_len (the tail of a stream) are padded by the collator, not on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+FORMAT = "physbert-mlm-v1"
+MANIFEST = "manifest.json"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+  return np.dtype("<u2") if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype("<u4")
+
+
+def encode(ids: np.ndarray, dtype: np.dtype) -> bytes:
+  ids = np.asarray(ids)
+  if ids.ndim != 1:
+    raise ValueError(f"a record is a 1-D token sequence, got shape {ids.shape}")
+  if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(dtype).max):
+    raise ValueError(f"token ids out of range for {dtype}: [{ids.min()}, {ids.max()}]")
+  return ids.astype(dtype).tobytes()
+
+
+def decode(record: bytes, dtype: np.dtype) -> np.ndarray:
+  """bytes -> int32 token ids."""
+  return np.frombuffer(record, dtype=dtype).astype(np.int32)
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+  return f"{split}-{index:05d}-of-{count:05d}.array_record"
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Write JSON to a temp file in the same directory, then rename: readers never see a half-written file."""
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+  with os.fdopen(fd, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; manifests are read by other users' jobs.
+  os.replace(tmp, path)
+
+
+def read_manifest(data_dir: str) -> dict:
+  path = os.path.join(data_dir, MANIFEST)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} not found: {data_dir} is not a shard directory. Build one with "
+        "`python -m data_prep.build_mlm_shards --corpus ... --tokenizer ... --out {data_dir}`.")
+  with open(path) as f:
+    manifest = json.load(f)
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+  return manifest
+
+
+def shard_paths(data_dir: str, split: str = "train") -> list[str]:
+  manifest = read_manifest(data_dir)
+  if split not in manifest["splits"]:
+    raise KeyError(f"{data_dir}/{MANIFEST} has no split {split!r} (has {sorted(manifest['splits'])})")
+  shards = manifest["splits"][split]["shards"]
+  paths = [os.path.join(data_dir, s["path"]) for s in shards]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise FileNotFoundError(f"{data_dir}/{MANIFEST} lists shards that are missing: {missing[:5]}")
+  return paths
