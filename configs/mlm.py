@@ -69,6 +69,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 5_000                         # MLM loss on the validation split, if the shards have one
   c.eval_batches = 20
+  c.pooling = "mean"                           # how `encode`/`convert` pool this run's token states
   c.init_from = ""                             # another workdir whose params start this run (phase 2)
   c.peak_flops_per_device = 0.0                # 0: look up the device (A100/H100/H200 bf16); else override
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -84,6 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       data_dir, split="train", seq_len=config.data.seq_len, global_batch_size=config.data.global_batch_size,
       seed=config.seed, worker_count=config.data.worker_count)
   special = manifest["special_ids"]
+  copy_tokenizer(manifest, workdir)
   if manifest["vocab_size"] > model_cfg.vocab_size:
     raise ValueError(f"tokenizer of {data_dir} has {manifest['vocab_size']} tokens, config.model.vocab_size is "
                      f"{model_cfg.vocab_size}")
@@ -193,6 +195,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       json.dump(summary, f, indent=2)
     log("done: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
   return summary
+
+
+def copy_tokenizer(manifest: dict, workdir: str) -> None:
+  """workdir/tokenizer: a run is self-contained for encode/convert, whatever happens to the data directory."""
+  dst = os.path.join(workdir, "tokenizer")
+  if jax.process_index() != 0 or os.path.isdir(dst):
+    return
+  tmp = dst + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(manifest["tokenizer"]["path"], tmp)
+  os.replace(tmp, dst)
 
 
 def has_validation(manifest: dict) -> bool:
