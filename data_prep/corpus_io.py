@@ -10,7 +10,7 @@ Documents come out as (doc_id, text). A document without an "id" is named `<file
 path relative to the corpus argument (the base name for a file argument), so ids do not depend on where the corpus
 is mounted: the train/validation split hashes them.
 
-Bad lines (invalid JSON, no usable "text", bytes that are not UTF-8) do not stop a multi-hour job: they are skipped
+Bad lines (invalid JSON, no usable "text", bytes that are not UTF-8, a truncated gzip stream) do not stop a multi-hour job: they are skipped
 and recorded in a `Skipped` that the caller prints and writes to its report. A missing file or an unknown file type
 is an error: that is a wrong command line, not bad data.
 """
@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from typing import Iterable, Iterator
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
@@ -37,11 +38,18 @@ class Skipped:
     self.by_reason: collections.Counter[str] = collections.Counter()
     self.entries: list[dict] = []
 
-  def add(self, file: str, line: int | None, reason: str) -> None:
+  def add(self, file: str, line: int | None, reason: str, doc_id: str | None = None,
+          detail: str | None = None) -> None:
+    """`reason` is a short fixed phrase (the report counts by it); `doc_id` and `detail` locate and explain."""
     self.count += 1
     self.by_reason[reason] += 1
     if len(self.entries) < self.keep:
-      self.entries.append({"file": file, "line": line, "reason": reason})
+      entry = {"file": file, "line": line, "reason": reason}
+      if doc_id is not None:
+        entry["id"] = doc_id
+      if detail is not None:
+        entry["detail"] = detail
+      self.entries.append(entry)
 
   def __len__(self) -> int:
     return self.count
@@ -54,7 +62,9 @@ class Skipped:
       return "skipped: none"
     reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.by_reason.items()))
     lines = [f"skipped: {self.count} ({reasons})"]
-    lines += [f"  {e['file']}:{e['line']}: {e['reason']}" for e in self.entries[:show]]
+    for e in self.entries[:show]:
+      where = e["file"] + (f":{e['line']}" if e["line"] is not None else "") + (f" id {e['id']}" if "id" in e else "")
+      lines.append(f"  {where}: {e['reason']}" + (f" ({e['detail']})" if "detail" in e else ""))
     if self.count > show:
       lines.append(f"  ... {self.count - show} more (see the report)")
     return "\n".join(lines)
@@ -81,12 +91,17 @@ def expand_paths(paths: Iterable[str]) -> list[tuple[str, str]]:
   return files
 
 
-def _lines(path: str) -> Iterator[tuple[int, bytes]]:
+def _lines(path: str, name: str, skipped: Skipped) -> Iterator[tuple[int, bytes]]:
   # Binary, so that one undecodable line is skipped instead of failing the whole file.
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    for lineno, raw in enumerate(f, start=1):
-      yield lineno, raw
+  lineno = 0
+  try:
+    with opener(path, "rb") as f:
+      for lineno, raw in enumerate(f, start=1):
+        yield lineno, raw
+  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    # A truncated upload or a job killed while writing: keep what was read, record where it stopped.
+    skipped.add(name, lineno + 1, "truncated or corrupt gzip", detail=f"nothing read after line {lineno}: {e}")
 
 
 def _json_document(line: str) -> tuple[str | None, str] | str:
@@ -113,7 +128,7 @@ def iter_documents(paths: Iterable[str], skipped: Skipped | None = None) -> Iter
   skipped = Skipped() if skipped is None else skipped
   for path, name in expand_paths(paths):
     is_json = not path.endswith(".txt")
-    for lineno, raw in _lines(path):
+    for lineno, raw in _lines(path, name, skipped):
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError:

@@ -30,34 +30,36 @@ def make_mlm_step(model, tx: optax.GradientTransformation, schedule: optax.Sched
   """Build step(state, batch, rng) for `jax.jit`.
 
   The step's randomness is fold_in(rng, state.step): masks and dropout are fresh every step (RoBERTa's dynamic
-  masking) and identical when a resumed run replays a step. With grad_accum_steps = A the batch is split into A
-  micro-batches scanned in sequence; summed losses are divided by the total number of predictions, so the update
-  equals the one-shot update on the same masks.
+  masking) and identical when a resumed run replays a step. With grad_accum_steps = A the masked batch is split
+  into A micro-batches scanned in sequence; summed losses are divided by the total number of predictions, so
+  without dropout the update equals the one-shot update exactly.
   """
   never_mask = (special_ids["cls"], special_ids["sep"], special_ids["pad"])
 
-  def micro_loss(params, micro, rng):
-    mask_rng, dropout_rng = jax.random.split(rng)
-    m = masking.mask_tokens(mask_rng, micro["input_ids"], micro["attention_mask"], mask_id=special_ids["mask"],
-                            special_ids=never_mask, vocab_size=vocab_size, mask_rate=mlm.mask_rate,
-                            mask_token_frac=mlm.mask_token_frac, random_token_frac=mlm.random_token_frac)
-    _, logits = model.apply({"params": params}, m.input_ids, micro["attention_mask"],
-                            masked_positions=m.positions, deterministic=False, rngs={"dropout": dropout_rng})
-    sums = objectives.mlm_loss_sums(logits, m.labels, m.weights)
+  def micro_loss(params, micro, dropout_rng):
+    _, logits = model.apply({"params": params}, micro["input_ids"], micro["attention_mask"],
+                            masked_positions=micro["positions"], deterministic=False, rngs={"dropout": dropout_rng})
+    sums = objectives.mlm_loss_sums(logits, micro["labels"], micro["weights"])
     return sums["loss_sum"], sums
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
   def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
-    rng = jax.random.fold_in(rng, state.step)
+    mask_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    # Masks for the whole batch at once: the accumulation split changes nothing but memory.
+    m = masking.mask_tokens(mask_rng, batch["input_ids"], batch["attention_mask"], mask_id=special_ids["mask"],
+                            special_ids=never_mask, vocab_size=vocab_size, mask_rate=mlm.mask_rate,
+                            mask_token_frac=mlm.mask_token_frac, random_token_frac=mlm.random_token_frac)
+    inputs = {"input_ids": m.input_ids, "attention_mask": batch["attention_mask"], "positions": m.positions,
+              "labels": m.labels, "weights": m.weights}
     if grad_accum_steps == 1:
-      (_, sums), grads = grad_fn(state.params, batch, rng)
+      (_, sums), grads = grad_fn(state.params, inputs, dropout_rng)
     else:
-      micro_batches = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
+      micro_batches = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), inputs)
 
       def body(carry, xs):
         i, micro = xs
-        (_, sums), grads = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
+        (_, sums), grads = grad_fn(state.params, micro, jax.random.fold_in(dropout_rng, i))
         return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
       zeros = (jax.tree.map(jnp.zeros_like, state.params),

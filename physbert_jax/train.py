@@ -7,6 +7,7 @@ SIGTERM (Slurm preemption, `scancel`, `--signal`) saves a checkpoint at the curr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -156,20 +157,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       pending.append((step, step_metrics))
       if t_last is None:                     # the first step compiles: time from the end of it
         jax.block_until_ready(step_metrics)
-        t_last, steps_timed = time.time(), 0
         last, pending = _flush(pending, writer, {}), []
-        continue
-      steps_timed += 1
+        t_last, steps_timed = time.time(), 0
+      else:
+        steps_timed += 1
       stop = preempted["flag"]
       save_now = step % config.checkpoint.every_steps == 0 or step == total_steps or stop
-      if step % config.log_every == 0 or save_now or step == total_steps:
+      if pending and (step % config.log_every == 0 or save_now):
         jax.block_until_ready(step_metrics)
         dt = (time.time() - t_last) / max(steps_timed, 1)
         speed = {"step_time_s": dt, "tokens_per_s": tokens_per_step / dt}
         if peak:
           speed["mfu"] = flops_per_token * speed["tokens_per_s"] / (peak * jax.device_count())
-        last = _flush(pending, writer, speed)
-        pending = []
+        last, pending = _flush(pending, writer, speed), []
         progress(step, last)
         t_last, steps_timed = time.time(), 0
       if evaluate and (step % config.eval_every == 0 or step == total_steps):
@@ -280,5 +280,34 @@ def main(argv):
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
+def check_overrides(argv: list[str]) -> None:
+  """Name an unknown `--config.a.b=...` key and what exists beside it (ml_collections raises a bare KeyError)."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv[:-1]:
+    spec = argv[argv.index("--config") + 1]
+  if not spec:
+    return
+  path, _, variant = spec.partition(":")
+  if not os.path.exists(path):
+    sys.exit(f"--config {spec}: {path} does not exist")
+  module_spec = importlib.util.spec_from_file_location("_physbert_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(variant) if variant else module.get_config()
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    keys = arg[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for i, key in enumerate(keys):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        parent = "config." + ".".join(keys[:i]) if i else "config"
+        known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "(not a dict)"
+        sys.exit(f"unknown config key {'config.' + '.'.join(keys[:i + 1])} in {arg!r} ({path}); "
+                 f"{parent} has: {known}")
+      node = node[key]
+
+
 if __name__ == "__main__":
+  check_overrides(sys.argv[1:])
   app.run(main)

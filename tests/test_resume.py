@@ -1,0 +1,108 @@
+"""Pulse tests of the train entrypoint: resume after SIGKILL, SIGTERM saves and exits 0, init_from, bad configs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def _train(workdir, cache, *overrides, env=None, wait=True):
+  cmd = [sys.executable, "-m", "physbert_jax.train", "--config", "configs/mlm.py:tiny", "--workdir", str(workdir),
+         f"--config.data.cache_dir={cache}", "--config.total_steps=12", "--config.checkpoint.every_steps=6",
+         "--config.log_every=3", "--config.eval_every=6", "--config.checkpoint.async_save=False",
+         # 1 device: bitwise-reproducible runs; the sharding tests cover 8 devices.
+         *overrides]
+  full_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", **(env or {})}
+  proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  if not wait:
+    return proc
+  out, _ = proc.communicate(timeout=600)
+  return proc.returncode, out
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  steps = [r["step"] for r in rows if "loss" in r]
+  assert steps == sorted(set(steps)), "each step is logged once"
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _params(workdir):
+  import jax
+  from physbert_jax import checkpointing
+  from physbert_jax.model import Bert, BertConfig
+  import jax.numpy as jnp
+  import flax.linen as nn
+  with open(os.path.join(workdir, "config.json")) as f:
+    cfg = BertConfig(**json.load(f)["model"])
+  d = jnp.zeros((1, 8), jnp.int32)
+  abstract = jax.eval_shape(lambda: nn.unbox(Bert(cfg).init({"params": jax.random.key(0)}, d, d + 1,
+                                                            masked_positions=d[:, :2])["params"]))
+  params, step = checkpointing.restore_params(workdir, abstract)
+  return jax.device_get(params), step
+
+
+def test_kill_and_resume_equals_straight_run(tmp_path):
+  cache = tmp_path / "cache"
+  rc, out = _train(tmp_path / "straight", cache)
+  assert rc == 0, out
+  rc, out = _train(tmp_path / "resumed", cache, env={"PHYSBERT_KILL_AFTER_SAVE_STEP": "6"})
+  assert rc == -signal.SIGKILL, out
+  assert max(_losses(tmp_path / "resumed")) >= 6
+  rc, out = _train(tmp_path / "resumed", cache)
+  assert rc == 0, out
+  assert "resumed from" in out
+  straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+  assert sorted(straight) == list(range(1, 13)) and sorted(resumed) == list(range(1, 13))
+  np.testing.assert_allclose([resumed[s] for s in range(1, 13)], [straight[s] for s in range(1, 13)], rtol=1e-6)
+  (p1, s1), (p2, s2) = _params(tmp_path / "straight"), _params(tmp_path / "resumed")
+  assert s1 == s2 == 12
+  import jax
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _train(workdir, tmp_path / "cache", "--config.total_steps=100000", "--config.checkpoint.every_steps=50000",
+                wait=False)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  assert "SIGTERM: saved checkpoint" in out
+  steps = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert steps and max(steps) == max(_losses(workdir))
+  assert json.loads((workdir / "summary.json").read_text())["preempted"] is True
+
+
+def test_init_from_loads_weights_and_refuses_other_config(tmp_path):
+  cache = tmp_path / "cache"
+  rc, out = _train(tmp_path / "a", cache, "--config.total_steps=6")
+  assert rc == 0, out
+  rc, out = _train(tmp_path / "b", cache, "--config.total_steps=1", f"--config.init_from={tmp_path / 'a'}",
+                   "--config.optimizer.lr=0.0", "--config.optimizer.warmup_steps=0")
+  assert rc == 0, out
+  assert "initialised parameters from" in out
+  (pa, _), (pb, _) = _params(tmp_path / "a"), _params(tmp_path / "b")
+  import jax
+  jax.tree.map(np.testing.assert_array_equal, pa, pb)     # lr 0: one step leaves the imported weights as they were
+  # The same workdir with another config is refused, naming the key.
+  rc, out = _train(tmp_path / "a", cache, "--config.total_steps=7")
+  assert rc != 0 and "total_steps: 6 -> 7" in out
+
+
+def test_unknown_override_fails_clearly(tmp_path):
+  rc, out = _train(tmp_path / "x", tmp_path / "cache", "--config.optimizer.learning_rate=3e-4")
+  assert rc != 0 and "unknown config key config.optimizer.learning_rate" in out and "lr" in out
