@@ -49,15 +49,20 @@ class _SplitWriter:
   """Packs one split's document stream into records and deals them round robin over its shards."""
 
   def __init__(self, directory: str, split: str, num_shards: int, seq_len: int, cls: int, sep: int,
-               dtype: np.dtype):
+               dtype: np.dtype, names: list[str] | None = None):
     self.chunk = seq_len - 2  # Room left by the [CLS] ... [SEP] framing.
     self.cls, self.sep, self.dtype = cls, sep, dtype
-    self.names = [records.shard_name(split, i, num_shards) for i in range(num_shards)]
-    self.writers = [ArrayRecordWriter(os.path.join(directory, n), WRITER_OPTIONS) for n in self.names]
+    self.directory = directory
+    self.names = names or [records.shard_name(split, i, num_shards) for i in range(num_shards)]
+    # Written under a temp name and renamed on close: a shard file that exists is complete.
+    self.writers = [ArrayRecordWriter(self._tmp(n), WRITER_OPTIONS) for n in self.names]
     self.counts = [[0, 0] for _ in self.names]  # [records, tokens] per shard.
     self.buffer = np.zeros(0, np.int64)  # Stream tokens not yet in a record.
     self.documents = 0
     self.records = 0
+
+  def _tmp(self, name: str) -> str:
+    return os.path.join(self.directory, f".{name}.tmp")
 
   def add(self, ids: list[int]) -> None:
     parts = [self.buffer, [self.sep], ids] if self.documents else [self.buffer, ids]
@@ -79,8 +84,9 @@ class _SplitWriter:
   def close(self) -> dict:
     if len(self.buffer):
       self._write(self.buffer)  # The short tail record.
-    for w in self.writers:
+    for w, n in zip(self.writers, self.names):
       w.close()
+      os.replace(self._tmp(n), os.path.join(self.directory, n))
     shards = [{"path": n, "records": r, "tokens": t} for n, (r, t) in zip(self.names, self.counts)]
     return {"records": sum(r for r, _ in self.counts), "tokens": sum(t for _, t in self.counts), "shards": shards}
 
