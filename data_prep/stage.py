@@ -252,6 +252,8 @@ def run_parts(stage: str, out_dir: str, settings: dict, num_shards: int, indices
     part = run_part(k, num_shards)
     report = {"stage": stage, "part": k, "parts": num_shards, "settings": settings, "counts": part["counts"],
               "skipped": part["skipped"].to_json(), "outputs": part["outputs"]}
+    if "extra" in part:
+      report["extra"] = part["extra"]
     write_json(report_path(out_dir, k, num_shards), report)
     print(f"{summary_line(stage, report)} [part {k} of {num_shards}, {time.time() - start:.1f}s]")
     if part["skipped"].count:

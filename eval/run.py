@@ -93,10 +93,11 @@ def sets_info(sets_dir: str) -> dict:
 
 
 def evaluate(encoders, task_names: list[str], ctx: tasks.Context, out: str, command: str = "",
-             log=print) -> dict:
+             log=print, validate: bool = True) -> dict:
   """Every task for every encoder; the report is rewritten after each model so a crash keeps what finished."""
-  for t in task_names:
-    tasks.validate(ctx, t)  # a malformed set fails now, before hours of encoding
+  for t in task_names if validate else ():
+    tasks.validate(ctx, t)
+  os.makedirs(out, exist_ok=True)
   report = {"command": command, "tasks": task_names, "seed": ctx.seed, "folds": ctx.folds,
             "sets": sets_info(ctx.sets_dir), "versions": report_lib.versions(), "models": []}
   names = set()
@@ -144,8 +145,10 @@ def main(argv=None):
   command = "python -m eval.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
   try:
     task_names = parse_tasks(args.tasks)
+    for t in task_names:
+      tasks.validate(ctx, t)  # a malformed set fails now, before models load and hours of encoding
     encoders = [(m, load_encoder(m, args.pooling, args.max_length, args.dtype)) for m in args.model]
-    report = evaluate(encoders, task_names, ctx, args.out, command)
+    report = evaluate(encoders, task_names, ctx, args.out, command, validate=False)
   except (sets.SetError, ModelError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

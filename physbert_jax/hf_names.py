@@ -121,6 +121,42 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> BertConfig:
   return BertConfig(**kw)
 
 
+def pooling_to_st(pooling: str, dim: int) -> dict:
+  """Our pooling -> sentence-transformers `1_Pooling/config.json`, in the pre-5.4 boolean-key format that ST 5.x
+  reads and 6.x still converts. 'mean_no_special' has no ST equivalent: it is written as plain mean (which
+  includes [CLS]/[SEP]); the exporter says so in the model card and a warning."""
+  if pooling not in ("mean", "cls", "mean_no_special"):
+    raise ValueError(f"unknown pooling {pooling!r}; use mean, cls or mean_no_special")
+  return {
+      "word_embedding_dimension": dim,
+      "pooling_mode_cls_token": pooling == "cls",
+      "pooling_mode_mean_tokens": pooling != "cls",
+      "pooling_mode_max_tokens": False,
+      "pooling_mode_mean_sqrt_len_tokens": False,
+      "pooling_mode_weightedmean_tokens": False,
+      "pooling_mode_lasttoken": False,
+      "include_prompt": True,
+  }
+
+
+_ST_LEGACY_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                    "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                    "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
+def pooling_from_st(st: Mapping[str, Any], *, source: str = "1_Pooling/config.json") -> str:
+  """sentence-transformers Pooling config (pre-5.4 booleans or 5.4+ `pooling_mode`) -> 'mean' or 'cls'."""
+  mode = st.get("pooling_mode")
+  if mode is None:
+    modes = [m for k, m in _ST_LEGACY_MODES.items() if st.get(k)]
+    mode = modes[0] if len(modes) == 1 else (tuple(modes) if modes else "mean")   # ST's default is mean
+  if isinstance(mode, list):
+    mode = mode[0] if len(mode) == 1 else tuple(mode)
+  if mode not in ("mean", "cls"):
+    raise ValueError(f"{source}: pooling {mode!r} is not supported; physbert-jax pools by mean or [CLS]")
+  return mode
+
+
 def config_to_hf(cfg: BertConfig, architecture: str = "BertForMaskedLM") -> dict:
   return {
       "architectures": [architecture], "model_type": "bert", "vocab_size": cfg.vocab_size,

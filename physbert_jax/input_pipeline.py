@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import grain
-import jax
+from absl import flags
 import numpy as np
 
 from physbert_jax import records
@@ -35,32 +35,32 @@ class Decode(grain.transforms.Map):
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def per_process_batch_size(global_batch_size: int) -> int:
-  n = jax.process_count()
-  if global_batch_size % n:
-    raise ValueError(f"global batch {global_batch_size} does not divide over {n} processes")
-  return global_batch_size // n
-
-
 def make_mlm_loader(data_dir: str, *, split: str, seq_len: int, global_batch_size: int, seed: int,
                     shuffle: bool = True, num_epochs: int | None = None,
-                    worker_count: int = 0) -> tuple[grain.DataLoader, dict]:
+                    worker_count: int = 0, shard_options: grain.sharding.ShardOptions | None = None,
+                    ) -> tuple[grain.DataLoader, dict]:
   """A grain.DataLoader over `data_dir`'s shards and the shard manifest.
 
   num_epochs=None repeats forever (the train loop counts steps); each epoch is a fresh seeded permutation.
+  shard_options defaults to this JAX process's slice (ShardByJaxProcess); the batch is the per-process batch.
   """
+  shard_options = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
   manifest = records.read_manifest(data_dir)
   if manifest["seq_len"] > seq_len:
     raise ValueError(f"{data_dir} holds sequences of up to {manifest['seq_len']} tokens but config.data.seq_len is "
                      f"{seq_len}; build shards with --seq-len {seq_len} or raise seq_len")
   source = grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, split))
-  batch = per_process_batch_size(global_batch_size)
+  if global_batch_size % shard_options.shard_count:
+    raise ValueError(f"global batch {global_batch_size} does not divide over {shard_options.shard_count} processes")
+  batch = global_batch_size // shard_options.shard_count
   if len(source) < global_batch_size:
     raise ValueError(f"{data_dir} split {split!r} has {len(source)} records, fewer than one global batch "
                      f"({global_batch_size})")
+  if worker_count and not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()   # Grain's worker processes read absl flags; library callers may not have any
   sampler = grain.samplers.IndexSampler(
       num_records=len(source),
-      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+      shard_options=shard_options,
       shuffle=shuffle, num_epochs=num_epochs, seed=seed)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler, worker_count=worker_count,

@@ -60,8 +60,9 @@ def test_best_accuracy_all_one_class():
 
 def test_pair_classification_cosine_and_average_precision():
   rng = np.random.default_rng(2)
-  emb = rng.normal(size=(50, 8)).astype(np.float32)
-  left, right = rng.integers(0, 50, 300), rng.integers(0, 50, 300)
+  emb = rng.normal(size=(600, 8)).astype(np.float32)
+  perm = rng.permutation(600)
+  left, right = perm[:300], perm[300:]  # distinct pairs: no tied scores
   labels = rng.integers(0, 2, 300)
   cos = metrics.pair_cosine(emb, left, right, block=64)
   a, b = emb[left], emb[right]

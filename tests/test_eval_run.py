@@ -1,0 +1,131 @@
+"""eval.run as a pipeline, with a deterministic bag-of-words encoder standing in for a model (no weights needed):
+report files, skipped tasks, the embedding cache, and clear errors on bad input."""
+
+import csv
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from eval import run, sets, tasks
+
+
+class BagOfWords:
+  """Hashed word counts: deterministic, fast, and similar texts get similar vectors."""
+  name = "bow"
+  fingerprint = "bow-v1-64"
+
+  def __init__(self):
+    self.calls = 0
+
+  def encode(self, texts, batch_size=64, show_progress=True):
+    self.calls += 1
+    out = np.zeros((len(texts), 64), np.float32)
+    for i, t in enumerate(texts):
+      for w in t.lower().split():
+        out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 64] += 1
+    return out
+
+
+TOPICS = {"astro-ph": "galaxy star redshift cosmology halo", "hep": "quark gluon collider boson lattice",
+          "cond-mat": "phonon lattice superconductor spin electron"}
+
+
+def _doc(topic, i):
+  words = TOPICS[topic].split()
+  return " ".join(words[(i + k) % len(words)] for k in range(6)) + f" paper{i}"
+
+
+@pytest.fixture
+def sets_dir(tmp_path):
+  d = tmp_path / "sets"
+  lab = [{"id": f"{t}/{i}", "text": _doc(t, i), "label": t} for t in TOPICS for i in range(20)]
+  sets.write_rows(str(d / sets.CLUSTERING), lab)
+  sets.write_rows(str(d / sets.subdomain_file("hep")),
+                  [{"id": f"h{i}", "text": _doc("hep", i) + (" quark" if i % 2 else " lattice"),
+                    "label": "hep-ph" if i % 2 else "hep-lat"} for i in range(20)])
+  pairs = [{"id1": f"a{i}", "id2": f"b{i}", "text1": _doc("hep", i), "text2": _doc("hep", i + 1), "label": 1}
+           for i in range(10)]
+  pairs += [{"id1": f"a{i}", "id2": f"c{i}", "text1": _doc("hep", i), "text2": _doc("astro-ph", i), "label": 0}
+            for i in range(10)]
+  sets.write_rows(str(d / sets.CITATION), pairs)
+  sets.write_rows(str(d / sets.RETRIEVAL_QUERIES),
+                  [{"id": r["id"], "text": r["text"].split(" paper")[0] + f" paper{i % 20}", "relevant": [r["id"]]}
+                   for i, r in enumerate(lab)])
+  sets.write_rows(str(d / sets.RETRIEVAL_CORPUS), [{"id": r["id"], "text": r["text"]} for r in lab])
+  (d / sets.MANIFEST).write_text(json.dumps({"seed": 7, "capped": ["subdomain eval: cond-mat has 0 < 1000"]}))
+  return d
+
+
+def test_report_files_skips_and_cache(sets_dir, tmp_path):
+  out = tmp_path / "report"
+  ctx = tasks.Context(str(sets_dir), str(out / "embeddings"))
+  enc = BagOfWords()
+  rep = run.evaluate([("fake/path", enc)], list(tasks.TASKS), ctx, str(out), log=lambda *_: None)
+  res = rep["models"][0]["tasks"]
+  assert res["clustering"]["v_measure"] > 0.5 and res["clustering"]["k"] == 3
+  assert 0.5 <= res["citation"]["accuracy"] <= 1 and res["retrieval"]["ndcg@10"] > 0.3
+  assert "not found" in res["subdomain-cond-mat"]["skipped"] and "main" in res["subdomain-hep"]
+  saved = json.loads((out / "results.json").read_text())
+  assert saved["sets"]["seed"] == 7 and saved["versions"]["numpy"] == np.__version__
+  md = (out / "table.md").read_text()
+  assert "| bow |" in md and "skipped" in md and "Information retrieval (nDCG@10)" in md
+  rows = list(csv.DictReader(open(out / "table.csv")))
+  assert float(rows[0]["clustering"]) == pytest.approx(100 * res["clustering"]["v_measure"], abs=1e-3)
+  assert rows[0]["avg"] and rows[0]["subdomain_avg"] == ""  # a skipped subdomain leaves no average
+  assert (out / "pca-bow.png").stat().st_size > 1000
+  calls = enc.calls
+  run.evaluate([("fake/path", enc)], list(tasks.TASKS), ctx, str(out), log=lambda *_: None)
+  assert enc.calls == calls  # every set came from the cache
+
+
+def test_citation_without_data_is_skipped_with_reason(sets_dir, tmp_path):
+  os.remove(sets_dir / sets.CITATION)
+  (sets_dir / sets.MANIFEST).write_text(json.dumps(
+      {"capped": ["citation: no --citations given; the citation set is not built"]}))
+  ctx = tasks.Context(str(sets_dir), str(tmp_path / "emb"))
+  rep = run.evaluate([("x", BagOfWords())], ["clustering", "citation"], ctx, str(tmp_path / "r"),
+                     log=lambda *_: None)
+  assert rep["models"][0]["tasks"]["citation"]["skipped"].startswith("citation: no --citations given")
+  assert "main" in rep["models"][0]["tasks"]["clustering"]
+  assert "skipped" in (tmp_path / "r" / "table.md").read_text()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"id": "x1", "text": "some abstract"}, "missing 'label'"),
+    ({"id": "x1", "text": "", "label": "hep"}, "missing 'text'"),
+])
+def test_bad_set_file_names_file_and_line(sets_dir, tmp_path, capsys, bad, message):
+  path = sets_dir / sets.CLUSTERING
+  sets.write_rows(str(path), [{"id": "ok", "text": "fine", "label": "hep"}, bad])
+  rc = run.main(["--model", str(tmp_path), "--sets", str(sets_dir), "--tasks", "clustering",
+                 "--out", str(tmp_path / "r")])
+  err = capsys.readouterr().err
+  assert rc == 2 and str(path) in err and "line 2" in err and message in err
+
+
+def test_empty_set_is_an_error_naming_the_file(sets_dir):
+  path = sets_dir / sets.RETRIEVAL_CORPUS
+  sets.write_rows(str(path), [])
+  with pytest.raises(sets.SetError, match=f"{path}: no rows"):
+    tasks.validate(tasks.Context(str(sets_dir), "unused"), "retrieval")
+
+
+def test_non_bert_model_folder_is_an_error_naming_config(sets_dir, tmp_path, capsys):
+  model = tmp_path / "gpt"
+  model.mkdir()
+  (model / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+  rc = run.main(["--model", str(model), "--sets", str(sets_dir), "--out", str(tmp_path / "r")])
+  err = capsys.readouterr().err
+  assert rc == 2 and str(model / "config.json") in err and "not BERT-family" in err
+  rc = run.main(["--model", str(tmp_path / "nowhere"), "--sets", str(sets_dir), "--out", str(tmp_path / "r")])
+  assert rc == 2 and "model folder not found" in capsys.readouterr().err
+
+
+def test_parse_tasks():
+  assert run.parse_tasks("all") == list(tasks.TASKS)
+  assert run.parse_tasks("clustering,subdomain") == ["clustering"] + [f"subdomain-{d}" for d in sets.SUBDOMAINS]
+  with pytest.raises(SystemExit, match="unknown task 'nope'"):
+    run.parse_tasks("nope")
