@@ -277,7 +277,10 @@ def main(argv):
                          "python -m physbert_jax.train --config configs/mlm.py:tiny --workdir runs/tiny")
   logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
   maybe_initialize_distributed()
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (NonFiniteLossError, ValueError, FileNotFoundError) as e:   # config/data errors: the message is the fix
+    sys.exit(f"[physbert_jax] error: {e}")
 
 
 def check_overrides(argv: list[str]) -> None:

@@ -106,3 +106,9 @@ def test_init_from_loads_weights_and_refuses_other_config(tmp_path):
 def test_unknown_override_fails_clearly(tmp_path):
   rc, out = _train(tmp_path / "x", tmp_path / "cache", "--config.optimizer.learning_rate=3e-4")
   assert rc != 0 and "unknown config key config.optimizer.learning_rate" in out and "lr" in out
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path):
+  rc, out = _train(tmp_path / "nan", tmp_path / "cache", "--config.optimizer.lr=1e30",
+                   "--config.optimizer.warmup_steps=0")
+  assert rc != 0 and "step 2: loss nan" in out and "is not finite" in out

@@ -1,0 +1,430 @@
+"""Weights in and out: our workdirs <-> Hugging Face / sentence-transformers folders. Conversion is exact (a rename
+and a transpose, `hf_names.py`), fp32 both ways.
+
+    python -m physbert_jax.convert to-hf   --workdir runs/contrastive [--step N | --best] --out exported/physbert
+    python -m physbert_jax.convert from-hf --hf path/to/bert-or-sentence-transformers-folder --out runs/imported
+
+to-hf writes a folder that loads offline in transformers (AutoModel, BertModel; BertForMaskedLM when the run kept
+its MLM head) and in sentence-transformers 5.x and 6.x (the pre-5.4 config keys, which 6.x still reads):
+config.json, fp32 model.safetensors, tokenizer files, modules.json, 1_Pooling/config.json, sentence_bert_config.json,
+config_sentence_transformers.json, README.md (model card) and physbert_jax.json (our pooling name,
+which sentence-transformers cannot always express).
+
+from-hf writes a workdir that `train` (config.init_from) and `encode` read: config.json (configs/mlm.py:base with
+the imported model and pooling; no data), tokenizer/, encoder.json (the max length, normalisation and lowercasing
+the folder declared) and checkpoints/0/state = {step: 0, params, opt_state: {}}.
+
+Safety: only safetensors are read (a pickled pytorch_model.bin can run code when loaded, so it is refused with the
+command that converts it), nothing is fetched from the Hub, no remote code runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import warnings
+
+import numpy as np
+
+from physbert_jax import hf_names
+from physbert_jax.model import BertConfig
+
+# Files that make up a BERT tokenizer folder; the ones present are copied.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+# What sentence-transformers 5.x writes in config_sentence_transformers.json; claiming 5.0 keeps 5.x quiet.
+ST_VERSION_CLAIMED = "5.0.0"
+NO_SPECIAL_WARNING = (
+    "pooling 'mean_no_special' (mean over tokens except [CLS]/[SEP]) cannot be expressed in sentence-transformers: "
+    "the exported 1_Pooling uses plain mean, so SentenceTransformer embeddings include [CLS]/[SEP] and differ "
+    "slightly from physbert_jax.encode, which reads physbert_jax.json and pools without them")
+
+
+@dataclasses.dataclass
+class Weights:
+  """A BERT encoder as read from any source, with what encoding it needs besides the parameters."""
+  cfg: BertConfig
+  params: dict          # numpy fp32 tree of model.Bert; 'cls' holds the MLM head when the source has one
+  pooling: str          # mean | cls | mean_no_special
+  max_length: int       # longest input (tokens) the source declares
+  normalize: bool       # L2-normalise embeddings (a sentence-transformers Normalize module)
+  lowercase: bool       # lowercase text before tokenising (sentence-transformers' do_lower_case; rare)
+  tokenizer_dir: str
+  source: str           # the file or checkpoint read, for messages and the model card
+  step: int | None = None
+  train_config: dict | None = None
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing")
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _write_json(path: str, obj) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2)
+    f.write("\n")
+
+
+def is_workdir(path: str) -> bool:
+  """Ours: a checkpoints/ folder, or a config.json that is an ml_collections config (it has `model`) not HF's."""
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return True
+  config = os.path.join(path, "config.json")
+  if not os.path.exists(config):
+    return False
+  cfg = _read_json(config)
+  return isinstance(cfg.get("model"), dict) and "model_type" not in cfg
+
+
+def load(path: str, step: int | str | None = None) -> Weights:
+  """Any supported source: our workdir (step None = latest, an int, or 'best'), an exported or HF/ST folder."""
+  path = path.rstrip("/") or path
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no such folder (models are local folders; nothing is downloaded)")
+  if is_workdir(path):
+    return read_workdir(path, step=None if step == "best" else step, best=step == "best")
+  if step is not None:
+    raise ValueError(f"{path}: step={step!r} applies to a training workdir; this is a Hugging Face folder")
+  return read_hf_folder(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Our workdirs.
+
+def read_workdir(workdir: str, step: int | None = None, best: bool = False) -> Weights:
+  import jax
+  import orbax.checkpoint as ocp
+  from physbert_jax import checkpointing
+
+  config = _read_json(os.path.join(workdir, "config.json"))
+  if best:
+    if step is not None:
+      raise ValueError("give --step or --best, not both")
+    best_path = os.path.join(workdir, "best.json")
+    step = _read_json(best_path).get("step")
+    if not isinstance(step, int):
+      raise ValueError(f"{best_path} has no integer 'step'")
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  steps = []
+  if os.path.isdir(directory):
+    manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"{workdir}: no checkpoint under {directory}; train it first "
+                            "(python -m physbert_jax.train --workdir ...) or import one (convert from-hf)")
+  step = steps[-1] if step is None else int(step)
+  if step not in steps:
+    raise FileNotFoundError(f"{workdir}: no checkpoint for step {step}; it has steps {steps}")
+  # Read the parameter shapes from the checkpoint itself, so a run with or without the MLM head both load.
+  meta = manager.item_metadata(step)["state"]
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(meta)["params"])
+  manager.close()
+  params, _ = checkpointing.restore_params(workdir, abstract, step)   # ShapeDtypeStruct, no sharding -> numpy
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+
+  model = dict(config["model"], dtype="float32", attention_impl=None, remat=False)
+  tokenizer_dir = os.path.join(workdir, "tokenizer")
+  if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
+    raise FileNotFoundError(f"{tokenizer_dir}/tokenizer.json is missing; runs started before the trainer copied "
+                            "its tokenizer need it copied by hand from the data directory's tokenizer")
+  extra_path = os.path.join(workdir, "encoder.json")
+  extra = _read_json(extra_path) if os.path.exists(extra_path) else {}
+  cfg = BertConfig(**model)
+  return Weights(
+      cfg=cfg, params=params, pooling=config.get("pooling", "mean"),
+      max_length=min(int(extra.get("max_length", cfg.max_position_embeddings)), cfg.max_position_embeddings),
+      normalize=bool(extra.get("normalize", config.get("normalize", False))),
+      lowercase=bool(extra.get("lowercase", False)), tokenizer_dir=tokenizer_dir,
+      source=f"{directory}/{step}", step=step, train_config=config)
+
+
+def import_hf(folder: str, out: str, pooling: str | None = None) -> str:
+  """HF/ST folder -> our workdir. Returns `out`."""
+  import ml_collections
+  from configs import mlm
+  from physbert_jax import checkpointing
+
+  w = read_hf_folder(folder)
+  _check_out(out)
+  tmp = out.rstrip("/") + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  config = mlm.get_config("base")
+  config.model = ml_collections.ConfigDict(dataclasses.asdict(w.cfg))
+  config.pooling = pooling or w.pooling
+  config.data.shards = ""                # imported weights come with no training data
+  config.init_from = ""
+  _write_json(os.path.join(tmp, "config.json"), json.loads(config.to_json_best_effort()))
+  _write_json(os.path.join(tmp, "encoder.json"), {
+      "max_length": w.max_length, "normalize": w.normalize, "lowercase": w.lowercase,
+      "imported_from": os.path.abspath(w.source)})
+  _copy_tokenizer(w.tokenizer_dir, os.path.join(tmp, "tokenizer"))
+  # A params-only train state: init_from (checkpointing.restore_params) reads `params` and nothing else.
+  manager = checkpointing.make_manager(tmp, config.checkpoint)
+  checkpointing.save(manager, 0, {"step": np.zeros((), np.int32), "params": w.params, "opt_state": {}})
+  manager.wait_until_finished()
+  manager.close()
+  shutil.rmtree(out, ignore_errors=True)   # _check_out allowed only an empty folder
+  os.replace(tmp, out)
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hugging Face / sentence-transformers folders.
+
+def read_hf_folder(folder: str) -> Weights:
+  """BertModel / BertForMaskedLM / sentence-transformers folder (safetensors) -> Weights."""
+  transformer_dir, pooling, normalize = folder, None, False
+  modules_path = os.path.join(folder, "modules.json")
+  if os.path.exists(modules_path):
+    for module in _read_json(modules_path):
+      kind = module.get("type", "").rsplit(".", 1)[-1]
+      path = os.path.join(folder, module.get("path", ""))
+      if kind == "Transformer":
+        transformer_dir = path
+      elif kind == "Pooling":
+        pooling = hf_names.pooling_from_st(_read_json(os.path.join(path, "config.json")),
+                                           source=os.path.join(path, "config.json"))
+      elif kind == "Normalize":
+        normalize = True
+      else:
+        raise ValueError(f"{modules_path}: module {module.get('type')!r} is not supported; physbert-jax encodes "
+                         "with Transformer + Pooling (+ Normalize)")
+  config_path = os.path.join(transformer_dir, "config.json")
+  hf = _read_json(config_path)
+  try:
+    cfg = hf_names.config_from_hf(hf)
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"{config_path}: {e}") from None
+  state, weights_path = read_safetensors(transformer_dir)
+  params = hf_names.from_hf_state_dict(state, cfg, source=weights_path)
+
+  st_path = os.path.join(transformer_dir, "sentence_bert_config.json")
+  st = _read_json(st_path) if os.path.exists(st_path) else {}
+  tok_path = os.path.join(transformer_dir, "tokenizer_config.json")
+  tok_max = _read_json(tok_path).get("model_max_length") if os.path.exists(tok_path) else None
+  ours_path = os.path.join(folder, "physbert_jax.json")        # written by to-hf: the pooling ST cannot express
+  ours = _read_json(ours_path) if os.path.exists(ours_path) else {}
+  max_length = st.get("max_seq_length") or (tok_max if isinstance(tok_max, int) and tok_max < 1_000_000 else None)
+  return Weights(
+      cfg=cfg, params=params, pooling=ours.get("pooling") or pooling or "mean",   # ST's default is mean
+      max_length=min(int(max_length or cfg.max_position_embeddings), cfg.max_position_embeddings),
+      normalize=normalize, lowercase=bool(st.get("do_lower_case", False)), tokenizer_dir=transformer_dir,
+      source=weights_path)
+
+
+def read_safetensors(folder: str) -> tuple[dict[str, np.ndarray], str]:
+  """model.safetensors (or its sharded index) -> numpy state dict. Never unpickles."""
+  from safetensors.numpy import load_file
+  single = os.path.join(folder, "model.safetensors")
+  index = os.path.join(folder, "model.safetensors.index.json")
+  if os.path.exists(single):
+    return load_file(single), single
+  if os.path.exists(index):
+    state = {}
+    for shard in sorted(set(_read_json(index)["weight_map"].values())):
+      state.update(load_file(os.path.join(folder, shard)))
+    return state, index
+  pickled = [f for f in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack") if os.path.exists(
+      os.path.join(folder, f))]
+  hint = ""
+  if pickled:
+    hint = (f"; found {pickled[0]}, which is not read (a pickled checkpoint can run code when loaded). If you trust "
+            f"it, convert it once: python -c \"from transformers import AutoModel as M; "
+            f"M.from_pretrained('{folder}').save_pretrained('{folder}')\"")
+  raise FileNotFoundError(f"{folder}: no model.safetensors{hint}")
+
+
+def write_hf_folder(w: Weights, out: str, pooling: str | None = None, workdir: str | None = None) -> str:
+  """Weights -> a transformers + sentence-transformers folder at `out`. Returns `out`."""
+  from safetensors.numpy import save_file
+
+  pooling = pooling or w.pooling
+  st_pooling = hf_names.pooling_to_st(pooling, w.cfg.hidden_size)
+  if pooling == "mean_no_special":
+    warnings.warn(NO_SPECIAL_WARNING, stacklevel=2)
+  _check_out(out)
+  tmp = out.rstrip("/") + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  head = "cls" in w.params
+  state = hf_names.to_hf_state_dict(w.params, prefix="bert." if head else "")
+  if head:   # tied to the word embeddings: one tensor on disk, as transformers saves it
+    del state["cls.predictions.decoder.weight"], state["cls.predictions.decoder.bias"]
+  save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+  _write_json(os.path.join(tmp, "config.json"),
+              hf_names.config_to_hf(w.cfg, "BertForMaskedLM" if head else "BertModel"))
+  _copy_tokenizer(w.tokenizer_dir, tmp, model_max_length=w.max_length)
+  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+  if w.normalize:
+    modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    os.makedirs(os.path.join(tmp, "2_Normalize"))
+  _write_json(os.path.join(tmp, "modules.json"), modules)
+  _write_json(os.path.join(tmp, "1_Pooling", "config.json"), st_pooling)
+  _write_json(os.path.join(tmp, "sentence_bert_config.json"),
+              {"max_seq_length": w.max_length, "do_lower_case": w.lowercase})
+  _write_json(os.path.join(tmp, "config_sentence_transformers.json"), {
+      "model_type": "SentenceTransformer",
+      "__version__": {"sentence_transformers": ST_VERSION_CLAIMED, "transformers": "4.56.0", "pytorch": "2.4.0"},
+      "prompts": {"query": "", "document": ""}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+  _write_json(os.path.join(tmp, "physbert_jax.json"),
+              {"pooling": pooling, "source": w.source, "step": w.step, "normalize": w.normalize})
+  with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+    f.write(model_card(w, pooling, os.path.basename(out.rstrip("/")), workdir))
+  shutil.rmtree(out, ignore_errors=True)   # _check_out allowed only an empty folder
+  os.replace(tmp, out)
+  return out
+
+
+def _copy_tokenizer(src: str, dst: str, model_max_length: int | None = None) -> None:
+  os.makedirs(dst, exist_ok=True)
+  if not os.path.exists(os.path.join(src, "tokenizer.json")):
+    # Older BERT folders (SciBERT) ship vocab.txt only: build the fast tokenizer with transformers, which reads
+    # the folder's casing options, so encode and training see what transformers users see.
+    if not os.path.exists(os.path.join(src, "vocab.txt")):
+      raise FileNotFoundError(f"{src}: no tokenizer.json or vocab.txt")
+    from transformers import AutoTokenizer
+    AutoTokenizer.from_pretrained(src, local_files_only=True, trust_remote_code=False).backend_tokenizer.save(
+        os.path.join(dst, "tokenizer.json"))
+  for name in TOKENIZER_FILES:
+    if os.path.exists(os.path.join(src, name)):
+      shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+  if model_max_length is not None:
+    path = os.path.join(dst, "tokenizer_config.json")
+    config = _read_json(path) if os.path.exists(path) else {"tokenizer_class": "BertTokenizer"}
+    _write_json(path, {**config, "model_max_length": model_max_length})
+
+
+def _check_out(out: str) -> None:
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    raise FileExistsError(f"{out} exists and is not empty; choose another --out or delete it")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model card.
+
+_POOLING_TEXT = {
+    "mean": "mean of the last hidden states over all real tokens, [CLS] and [SEP] included (sentence-transformers' "
+            "`mean`)",
+    "cls": "the last hidden state of [CLS] (sentence-transformers' `cls`)",
+    "mean_no_special": "mean of the last hidden states over real tokens **excluding [CLS] and [SEP]**",
+}
+
+
+def model_card(w: Weights, pooling: str, name: str, workdir: str | None) -> str:
+  cfg = w.cfg
+  n_params = sum(int(np.prod(a.shape)) for a in hf_names.flatten(w.params).values())
+  lines = [
+      "---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
+      "tags: [sentence-transformers, feature-extraction, sentence-similarity, bert, physics, physbert-jax]",
+      "language: [en]", "---", "", f"# {name}", "",
+      f"A BERT text-embedding model exported by physbert-jax from `{w.source}`"
+      + (f" (step {w.step})." if w.step is not None else "."), "",
+      f"- Architecture: BERT, {cfg.num_layers} layers, hidden size {cfg.hidden_size}, {cfg.num_heads} heads, "
+      f"{n_params / 1e6:.1f}M parameters, vocabulary {cfg.vocab_size}"
+      + (", with its MLM head (`BertForMaskedLM`)" if "cls" in w.params else ""),
+      f"- Embedding: {cfg.hidden_size} dimensions; pooling: {_POOLING_TEXT[pooling]}; "
+      f"{'L2-normalised' if w.normalize else 'not normalised'}; inputs truncated to {w.max_length} tokens", "",
+  ]
+  if pooling == "mean_no_special":
+    lines += ["> **Pooling caveat.** sentence-transformers has no pooling mode that leaves out [CLS] and [SEP]. "
+              "`1_Pooling/config.json` therefore says plain `mean`: `SentenceTransformer(...).encode` includes "
+              "those two tokens and gives embeddings that differ slightly from the trained ones. For the exact "
+              "embeddings use `physbert_jax.encode` (it reads `physbert_jax.json`) or the transformers snippet "
+              "below.", ""]
+  pool_code = ("emb = out.last_hidden_state[:, 0]" if pooling == "cls" else
+               "mask = batch['attention_mask'].clone()\n"
+               + ("n = mask.sum(1)                                  # real tokens; [SEP] is the last\n"
+                  "mask[:, 0] = 0; mask[torch.arange(len(mask)), n - 1] = 0   # leave out [CLS], [SEP]\n"
+                  if pooling == "mean_no_special" else "")
+               + "emb = (out.last_hidden_state * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)")
+  lines += [
+      "## Usage", "", "```python", "from sentence_transformers import SentenceTransformer",
+      f"model = SentenceTransformer('path/to/{name}')",
+      "emb = model.encode(['Superconductivity in twisted bilayer graphene.'])", "```", "", "```python",
+      "import torch", "from transformers import AutoModel, AutoTokenizer",
+      f"tok, model = AutoTokenizer.from_pretrained('path/to/{name}'), AutoModel.from_pretrained('path/to/{name}')",
+      f"batch = tok(['Superconductivity in twisted bilayer graphene.'], padding=True, truncation=True, "
+      f"max_length={w.max_length}, return_tensors='pt')",
+      "with torch.no_grad():", "  out = model(**batch)", *pool_code.split("\n"), "```", "",
+      "The `pooler` weights of `BertModel` are not part of this model (transformers initialises them randomly); "
+      "use the pooling above.", "",
+      "```bash", f"python -m physbert_jax.encode --model path/to/{name} --input texts.txt --out emb.npy", "```", ""]
+  if w.train_config:
+    c = w.train_config
+    rows = [("variant", c.get("variant")), ("sequence length", c.get("data", {}).get("seq_len")),
+            ("global batch", c.get("data", {}).get("global_batch_size")), ("steps", c.get("total_steps") or
+            f"{c.get('num_epochs')} epochs"), ("lr", c.get("optimizer", {}).get("lr")),
+            ("init from", c.get("init_from") or "scratch"), ("data", c.get("data", {}).get("shards"))]
+    lines += ["## Training", "", "| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+              "<details><summary>Full training config (config.json)</summary>", "", "```json",
+              json.dumps(c, indent=2), "```", "</details>", ""]
+  lines += ["## Evaluation", ""]
+  results = _eval_results(workdir) if workdir else []
+  for title, body in results:
+    lines += [f"### {title}", "", body, ""]
+  if not results:
+    lines += ["No evaluation results were found in the run directory at export time.", ""]
+  return "\n".join(lines)
+
+
+def _eval_results(workdir: str) -> list[tuple[str, str]]:
+  """What the run recorded: best.json (contrastive selection), eval report tables, the final training summary."""
+  out = []
+  for rel, title in (("best.json", "Checkpoint selection (best.json)"), ("eval/table.md", "Benchmark"),
+                     ("summary.json", "End of training (summary.json)")):
+    path = os.path.join(workdir, rel)
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        text = f.read().strip()
+      out.append((title, text if rel.endswith(".md") else f"```json\n{text}\n```"))
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m physbert_jax.convert", description=__doc__.split("\n\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  to_hf = sub.add_parser("to-hf", help="workdir checkpoint -> transformers / sentence-transformers folder")
+  to_hf.add_argument("--workdir", required=True)
+  which = to_hf.add_mutually_exclusive_group()
+  which.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+  which.add_argument("--best", action="store_true", help="the step named in workdir/best.json")
+  to_hf.add_argument("--out", required=True)
+  to_hf.add_argument("--pooling", choices=("mean", "cls", "mean_no_special"), help="default: the run's")
+  from_hf = sub.add_parser("from-hf", help="BERT / sentence-transformers folder -> physbert-jax workdir")
+  from_hf.add_argument("--hf", required=True, help="a local folder (nothing is downloaded)")
+  from_hf.add_argument("--out", required=True)
+  from_hf.add_argument("--pooling", choices=("mean", "cls", "mean_no_special"), help="default: the folder's")
+  args = parser.parse_args(argv)
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  try:
+    if args.command == "to-hf":
+      if not is_workdir(args.workdir):
+        raise FileNotFoundError(f"{args.workdir}: not a physbert-jax workdir (no config.json / checkpoints)")
+      w = read_workdir(args.workdir, step=args.step, best=args.best)
+      out = write_hf_folder(w, args.out, pooling=args.pooling, workdir=args.workdir)
+      print(f"wrote {out} from {w.source}", file=sys.stderr)
+    else:
+      out = import_hf(args.hf, args.out, pooling=args.pooling)
+      print(f"wrote {out}; train from it with --config.init_from={out}", file=sys.stderr)
+  except (OSError, ValueError, KeyError) as e:
+    sys.exit(f"convert {args.command}: {e}")
+
+
+if __name__ == "__main__":
+  main()
