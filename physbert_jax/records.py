@@ -1,4 +1,6 @@
-"""The on-disk format of MLM training shards. Writer (data_prep) and reader (input_pipeline) both use this module.
+"""The on-disk formats of training shards. Writers (data_prep) and readers (input_pipeline) both use this module.
+
+## MLM shards (format "physbert-mlm-v1")
 
 A shard directory holds:
 
@@ -18,6 +20,17 @@ Each ArrayRecord record is one training sequence, ready for the model:
 stored as the raw little-endian bytes of a uint16 array when the vocabulary fits (30,523 does), else uint32.
 Which one is in the manifest (`dtype`); a record carries no header, so reading is one `np.frombuffer`.
 Sequences shorter than seq_len (the tail of a stream) are padded by the collator, not on disk.
+
+## Pair shards (format "physbert-pairs-v1"), for the contrastive stage
+
+    manifest.json   {"format": "physbert-pairs-v1", "kind": "category" | "citation" | "synthetic-qa",
+                     "splits": {"train": {"records": N, "shards": [{"path": ..., "records": n}, ...]}},
+                     ... (seed, sources, counts: whatever the builder wants to record)}
+    train-00000-of-00008.array_record, ...
+
+Each record is UTF-8 JSON (`encode_pair`): {"anchor": text, "positive": text, "source": kind, ...}, plus optional
+ids ("anchor_id", "positive_id") and an optional "negative" text (a hard negative). Text, not tokens: pairs are
+tokenized in the Grain workers, so one pair set serves any tokenizer and max length.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from typing import Any
 import numpy as np
 
 FORMAT = "physbert-mlm-v1"
+PAIRS_FORMAT = "physbert-pairs-v1"
 MANIFEST = "manifest.json"
 
 
@@ -67,7 +81,19 @@ def write_json_atomic(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def read_manifest(data_dir: str) -> dict:
+def encode_pair(pair: dict) -> bytes:
+  """A text pair record: UTF-8 JSON {"anchor": str, "positive": str, "source": str, ...}."""
+  for key in ("anchor", "positive"):
+    if not isinstance(pair.get(key), str) or not pair[key].strip():
+      raise ValueError(f"pair record needs a non-empty string {key!r}: {str(pair)[:200]}")
+  return json.dumps(pair, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def decode_pair(record: bytes) -> dict:
+  return json.loads(record.decode("utf-8"))
+
+
+def read_manifest(data_dir: str, fmt: str = FORMAT) -> dict:
   path = os.path.join(data_dir, MANIFEST)
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -75,13 +101,13 @@ def read_manifest(data_dir: str) -> dict:
         "`python -m data_prep.build_mlm_shards --corpus ... --tokenizer ... --out {data_dir}`.")
   with open(path) as f:
     manifest = json.load(f)
-  if manifest.get("format") != FORMAT:
-    raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+  if manifest.get("format") != fmt:
+    raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {fmt!r}")
   return manifest
 
 
-def shard_paths(data_dir: str, split: str = "train") -> list[str]:
-  manifest = read_manifest(data_dir)
+def shard_paths(data_dir: str, split: str = "train", fmt: str = FORMAT) -> list[str]:
+  manifest = read_manifest(data_dir, fmt)
   if split not in manifest["splits"]:
     raise KeyError(f"{data_dir}/{MANIFEST} has no split {split!r} (has {sorted(manifest['splits'])})")
   shards = manifest["splits"][split]["shards"]

@@ -77,9 +77,9 @@ def test_parts_partition_the_papers_and_restart_is_byte_identical(tmp_path, monk
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(k))
     arxiv_metadata.main(["--snapshot", snap, "--out", three, "--quiet"])
   monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
-  with pytest.raises(FileNotFoundError):  # not merged yet? it is: merge is explicit; check a missing part instead
-    os.remove(stage.report_path(three, 1, 3))
-    arxiv_metadata.main(["--snapshot", snap, "--out", three, "--merge", "--quiet"])
+  os.remove(stage.report_path(three, 1, 3))
+  with pytest.raises(FileNotFoundError, match="1 of 3 parts are not done"):  # The merge checks every part.
+    arxiv_metadata.main(["--snapshot", snap, "--out", three, "--num-shards", "3", "--merge", "--quiet"])
   arxiv_metadata.main(["--snapshot", snap, "--out", three, "--num-shards", "3", "--shard-index", "1", "--quiet"])
   arxiv_metadata.main(["--snapshot", snap, "--out", three, "--merge", "--quiet"])
   ids = lambda d, n: [json.loads(l)["id"] for i in range(n)
@@ -150,7 +150,7 @@ def test_bad_input_is_reported_with_file_line_and_id(tmp_path, capsys):
   assert report["skipped"]["count"] == 7
   # The rest completed: every good line read before the truncation is there.
   read = trunc[0]["line"] - 1
-  assert report["counts"]["papers_read"] == read - 1  # all but the invalid-JSON line
+  assert report["counts"]["papers_read"] == read - 2  # all but the invalid-JSON and non-UTF-8 lines
   assert "invalid JSON" in capsys.readouterr().out
 
 
