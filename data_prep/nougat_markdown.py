@@ -88,8 +88,7 @@ def _edge_lines(pages: list[list[str]]) -> set[str]:
   seen: collections.Counter[str] = collections.Counter()
   for lines in pages:
     body = [" ".join(l.split()) for l in lines if l.strip()]
-    # Digits vary from page to page ("Page 3 of 12", "J. Phys. 12, 345"): compare without them.
-    seen.update({re.sub(r"\d+", "#", l) for l in body[:2] + body[-2:]})
+    seen.update(set(body[:2] + body[-2:]))  # Exact text: page-varying lines are caught by _PAGE_NUMBER.
   return {l for l, c in seen.items() if c >= max(2, len(pages) // 2)}
 
 
@@ -101,15 +100,18 @@ def paper_text(pages: list[str]) -> tuple[str, dict]:
   out: list[str] = []
   in_refs = False
   for lines in cleaned:
-    body = [i for i, l in enumerate(lines) if l.strip()]
-    edge_idx = set(body[:2] + body[-2:])
-    for i, line in enumerate(lines):
-      text = " ".join(line.split())
-      if not text:
-        continue
-      if i in edge_idx and (_PAGE_NUMBER.match(text) or re.sub(r"\d+", "#", text) in edges):
-        notes["headers"] += 1
-        continue
+    lines = [" ".join(l.split()) for l in lines]
+    lines = [l for l in lines if l]
+    is_edge = lambda t: bool(_PAGE_NUMBER.match(t)) or t in edges
+    top = 0  # Peel headers off the top and footers off the bottom, as long as they look like one.
+    while top < len(lines) and top < 3 and is_edge(lines[top]):
+      top += 1
+    bottom = len(lines)
+    while bottom > top and len(lines) - bottom < 3 and is_edge(lines[bottom - 1]):
+      bottom -= 1
+    notes["headers"] += top + len(lines) - bottom
+    for line in lines[top:bottom]:
+      text = line
       if _REFS.match(text):
         in_refs = True
         notes["references"] += 1

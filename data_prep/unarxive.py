@@ -47,7 +47,7 @@ def paper_text(paper: dict) -> str:
   lines = [paper.get("metadata", {}).get("title", ""), (paper.get("abstract") or {}).get("text", "")]
   section = None
   for para in paper.get("body_text") or []:
-    heading = " ".join(x for x in (para.get("sec_number"), para.get("section")) if x)
+    heading = _PLACEHOLDER.sub(resolve, " ".join(x for x in (para.get("sec_number"), para.get("section")) if x))
     if heading and heading != section:
       lines.append(heading)
       section = heading

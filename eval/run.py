@@ -5,7 +5,7 @@
 
 --model takes our workdirs, exported folders and local Hugging Face / sentence-transformers BERT folders (all
 through physbert_jax.encode.Encoder), with the pooling the folder declares; `PATH#POOLING` or --pooling overrides
-it. --tasks: all, or a comma list of clustering, citation, retrieval, subdomain (= the three domains) and
+it, `WORKDIR@STEP` picks a checkpoint, and `random` adds a chance-level row. --tasks: all, or a comma list of clustering, citation, retrieval, subdomain (= the three domains) and
 subdomain-<domain>. Embeddings are cached under --cache by (model fingerprint, set file hash), so adding a model
 to a report encodes only that model. Runs offline.
 
@@ -66,14 +66,46 @@ def check_model_folder(path: str) -> None:
                      "(bert: BERT, SciBERT, MiniLM, bge, E5, SPECTER2, PhysBERT)")
 
 
+def parse_model_spec(spec: str) -> tuple[str, int | str | None, str | None]:
+  """PATH[@STEP][#POOLING] -> (path, step, pooling). STEP: a checkpoint step of a workdir, or 'best'."""
+  path, _, pooling = spec.partition("#")
+  step = None
+  head, at, tail = path.rpartition("@")
+  if at and (tail.isdigit() or tail == "best"):
+    path, step = head, int(tail) if tail.isdigit() else tail
+  return path, step, pooling or None
+
+
+class ChanceEncoder:
+  """`--model random`: a random vector per distinct text, so each task's chance level sits in the table.
+
+  Small sets inflate V-measure (few papers per cluster); this row shows by how much.
+  """
+  name = "random (chance)"
+  fingerprint = "random-gaussian-384-v1"
+
+  def encode(self, texts, batch_size=64, show_progress=True):
+    import hashlib
+    import numpy as np
+    seeds = [int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little") for t in texts]
+    return np.stack([np.random.default_rng(s).standard_normal(384, np.float32) for s in seeds]) if seeds else \
+        np.zeros((0, 384), np.float32)
+
+
 def load_encoder(spec: str, pooling: str | None, max_length: int, dtype: str):
-  path, _, own_pooling = spec.partition("#")
+  if spec == "random":
+    return ChanceEncoder()
+  path, step, own_pooling = parse_model_spec(spec)
   check_model_folder(path)
   from physbert_jax.encode import Encoder  # here, so eval's library and tests do not need the model stack
   try:
-    return Encoder.load(path, pooling=own_pooling or pooling, dtype=dtype, max_length=max_length)
+    enc = Encoder.load(path, pooling=own_pooling or pooling, dtype=dtype, max_length=max_length, step=step)
   except (OSError, ValueError, KeyError) as e:
     raise ModelError(f"{path}: cannot load as an encoder: {e}") from e
+  parts = os.path.abspath(path).split(os.sep)
+  if parts[-1] in ("model", "exported", "hf", "st"):  # a generic folder name says nothing in a table
+    enc.name = "/".join(parts[-2:]) + (f"@{step}" if step is not None else "")
+  return enc
 
 
 def sets_info(sets_dir: str) -> dict:
@@ -129,7 +161,9 @@ def evaluate(encoders, task_names: list[str], ctx: tasks.Context, out: str, comm
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--model", action="append", required=True, help="model folder, optionally PATH#POOLING")
+  p.add_argument("--model", action="append", required=True,
+                 help="PATH[@STEP][#POOLING]: a workdir (STEP: a checkpoint step or 'best'), an exported or "
+                      "HF/ST folder; or 'random' for the chance row")
   p.add_argument("--sets", required=True, help="directory written by eval.build_sets")
   p.add_argument("--tasks", default="all")
   p.add_argument("--out", required=True)

@@ -55,7 +55,8 @@ def make_mlm_step(model, tx: optax.GradientTransformation, schedule: optax.Sched
     if grad_accum_steps == 1:
       (_, sums), grads = grad_fn(state.params, inputs, dropout_rng)
     else:
-      micro_batches = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), inputs)
+      # Micro-batch i = examples i, i + A, ...: every micro-batch spans every device's shard of the batch.
+      micro_batches = jax.tree.map(lambda x: x.reshape(-1, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), inputs)
 
       def body(carry, xs):
         i, micro = xs

@@ -129,3 +129,13 @@ def test_parse_tasks():
   assert run.parse_tasks("clustering,subdomain") == ["clustering"] + [f"subdomain-{d}" for d in sets.SUBDOMAINS]
   with pytest.raises(SystemExit, match="unknown task 'nope'"):
     run.parse_tasks("nope")
+
+
+def test_model_spec_and_chance_row():
+  assert run.parse_model_spec("runs/x") == ("runs/x", None, None)
+  assert run.parse_model_spec("runs/x@300#cls") == ("runs/x", 300, "cls")
+  assert run.parse_model_spec("runs/x@best") == ("runs/x", "best", None)
+  assert run.parse_model_spec("a@b/model#mean") == ("a@b/model", None, "mean")
+  enc = run.load_encoder("random", None, 512, "float32")
+  a, b = enc.encode(["x", "y"]), enc.encode(["x"])
+  assert a.shape == (2, 384) and np.array_equal(a[0], b[0]) and not np.array_equal(a[0], a[1])

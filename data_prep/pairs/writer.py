@@ -1,0 +1,98 @@
+"""Writing pair shards (records.py's "physbert-pairs-v1"), their manifest and report.
+
+Single-process builders (category, citation) write into a staging directory next to --out and rename it into
+place at the end (corpus_io.publish_dir), so a directory with a manifest.json is always complete. The sharded
+synthetic-qa stage writes its part files straight into --out, each under a temp name renamed when closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Iterator
+
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from data_prep import corpus_io
+from physbert_jax import records
+
+# One record per ArrayRecord chunk: the input pipeline reads records in a global random order, and reading record i
+# should decompress only record i.
+WRITER_OPTIONS = "group_size:1"
+SPLIT = "train"
+
+
+class ShardWriter:
+  """Deals pairs round robin over shard files in `directory`; a file is written under a temp name and renamed on
+  close, so a shard that exists is complete."""
+
+  def __init__(self, directory: str, num_shards: int = 1, names: list[str] | None = None):
+    if num_shards < 1:
+      raise ValueError(f"--num-shards {num_shards}: need at least 1")
+    os.makedirs(directory, exist_ok=True)
+    self.directory = directory
+    self.names = names or [records.shard_name(SPLIT, i, num_shards) for i in range(num_shards)]
+    self.writers = [ArrayRecordWriter(self._tmp(n), WRITER_OPTIONS) for n in self.names]
+    self.counts = [0] * len(self.names)
+    self.records = 0
+
+  def _tmp(self, name: str) -> str:
+    return os.path.join(self.directory, f".{name}.tmp")
+
+  def write(self, pair: dict) -> None:
+    shard = self.records % len(self.writers)
+    self.writers[shard].write(records.encode_pair(pair))
+    self.counts[shard] += 1
+    self.records += 1
+
+  def close(self) -> dict:
+    """Rename the shards into place; the manifest's split entry."""
+    for w, n in zip(self.writers, self.names):
+      w.close()
+      os.chmod(self._tmp(n), 0o644)
+      os.replace(self._tmp(n), os.path.join(self.directory, n))
+    return {"records": self.records, "shards": [{"path": n, "records": c} for n, c in zip(self.names, self.counts)]}
+
+
+def manifest(kind: str, split: dict, seed: int, counts: dict, sources: dict | list, **extra) -> dict:
+  return {"format": records.PAIRS_FORMAT, "kind": kind, "splits": {SPLIT: split}, "seed": seed, "counts": counts,
+          "sources": sources, **extra}
+
+
+def write_pairs(out_dir: str, pairs: Iterable[dict], num_shards: int, make_manifest, report: dict) -> dict:
+  """Stage `pairs` into shards, add manifest.json (from `make_manifest(split_entry)`) and report.json, publish to
+  `out_dir` (replacing it); return the manifest. `pairs` may be lazy: it is consumed once, in order."""
+  tmp = corpus_io.staging_dir(out_dir)
+  try:
+    writer = ShardWriter(tmp, num_shards)
+    for pair in pairs:
+      writer.write(pair)
+    m = make_manifest(writer.close())
+    records.write_json_atomic(os.path.join(tmp, "report.json"), report)
+    records.write_json_atomic(os.path.join(tmp, records.MANIFEST), m)  # Last: its presence means complete.
+  except BaseException:
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  corpus_io.publish_dir(tmp, out_dir)
+  return m
+
+
+def build_is_current(out_dir: str, settings: dict) -> bool:
+  """Is `out_dir` a complete pair set built with exactly these settings (so a rerun can skip it)?"""
+  try:
+    m = records.read_manifest(out_dir, records.PAIRS_FORMAT)
+    records.shard_paths(out_dir, SPLIT, records.PAIRS_FORMAT)
+    with open(os.path.join(out_dir, "report.json")) as f:
+      return json.load(f).get("settings") == json.loads(json.dumps(settings)) and bool(m)
+  except (OSError, ValueError, KeyError):
+    return False
+
+
+def read_pairs(out_dir: str) -> Iterator[dict]:
+  """Every pair of a pair set, shard by shard (for tests and inspection; training reads through Grain)."""
+  from array_record.python.array_record_data_source import ArrayRecordDataSource
+  for path in records.shard_paths(out_dir, SPLIT, records.PAIRS_FORMAT):
+    source = ArrayRecordDataSource([path])
+    for i in range(len(source)):
+      yield records.decode_pair(source[i])

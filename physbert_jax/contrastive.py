@@ -1,0 +1,136 @@
+"""Contrastive fine-tuning: SimCSE-supervised / MultipleNegativesRankingLoss with in-batch negatives, and GradCache.
+
+For anchor i the positive is positive i; every other positive in the *global* batch (and every hard negative, if
+given) is a negative. Cosine similarities are divided by the temperature (0.05, i.e. sentence-transformers' scale
+20) and fed to a softmax cross-entropy whose label sits on the diagonal. Under jit the batch is one global array
+sharded over the data axes; the candidate embeddings are constrained to be replicated, which is the all-gather
+that gives each device the global batch as negatives.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from physbert_jax.model import pool
+from physbert_jax.steps import TrainState
+
+TEXT_GROUPS = ("anchor", "positive", "negative")
+
+
+def contrastive_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array | None = None, *,
+                     temperature: float = 0.05, symmetric: bool = False, anchor_hash: jax.Array | None = None,
+                     positive_hash: jax.Array | None = None, negative_hash: jax.Array | None = None):
+  """anchors, positives (B, H), negatives (B, H) or None -> (mean loss, metrics).
+
+  The hashes (B,) fingerprint the raw texts: when positive j (j != i) has the same text as positive i or comes
+  with the same anchor as i, it is a second correct answer for anchor i, not a negative, and is masked out;
+  likewise a hard negative whose text is anchor i's positive.
+  """
+  normalize = lambda x: x.astype(jnp.float32) / jnp.maximum(jnp.linalg.norm(x.astype(jnp.float32), axis=-1,
+                                                                            keepdims=True), 1e-12)
+  a, p = normalize(anchors), normalize(positives)
+  b = a.shape[0]
+  candidates = p if negatives is None else jnp.concatenate([p, normalize(negatives)], axis=0)   # (C, H)
+  candidates = nn.with_logical_constraint(candidates, (None, None))   # replicated: the global all-gather
+  scores = a @ candidates.T / temperature                             # (B, C), fp32
+  labels = jnp.arange(b)
+  eye = jnp.eye(b, dtype=bool)
+  if positive_hash is not None:
+    dup = ((positive_hash[:, None] == positive_hash[None, :]) | (anchor_hash[:, None] == anchor_hash[None, :])) & ~eye
+    if negatives is not None:
+      dup = jnp.concatenate([dup, negative_hash[None, :] == positive_hash[:, None]], axis=1)
+    scores = jnp.where(dup, -jnp.inf, scores)
+  loss = optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
+  accuracy = (jnp.argmax(scores, axis=-1) == labels).mean()
+  if symmetric:
+    # positive -> anchor direction (sentence-transformers' MultipleNegativesSymmetricRankingLoss): over anchors only.
+    back = p @ nn.with_logical_constraint(a, (None, None)).T / temperature
+    if positive_hash is not None:
+      back = jnp.where(dup[:, :b].T, -jnp.inf, back)
+    loss = (loss + optax.softmax_cross_entropy_with_integer_labels(back, labels).mean()) / 2
+  return loss, {"accuracy": accuracy, "positive_cosine": jnp.mean(jnp.sum(a * p, axis=-1))}
+
+
+def make_embed_fn(model, pooling: str, special_ids: dict[str, int]) -> Callable:
+  """embed(params, ids, mask, rng or None) -> (B, H) fp32 pooled embeddings; rng None means dropout off."""
+  def embed(params, ids, mask, rng):
+    hidden, _ = model.apply({"params": params}, ids, mask, deterministic=rng is None,
+                            rngs=None if rng is None else {"dropout": rng})
+    special = (ids == special_ids["cls"]) | (ids == special_ids["sep"])
+    return pool(hidden, mask, pooling, special)
+  return embed
+
+
+def _chunked(x: jax.Array, n: int) -> jax.Array:
+  """(B, ...) -> (n, B/n, ...), chunk j = examples j, j+n, ...: every chunk spans every device's shard."""
+  return x.reshape(-1, n, *x.shape[1:]).swapaxes(0, 1)
+
+
+def _unchunked(x: jax.Array) -> jax.Array:
+  return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+
+def make_contrastive_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
+                          cfg: ml_collections.ConfigDict, pooling: str, special_ids: dict[str, int]) -> Callable:
+  """step(state, batch, rng) -> (state, metrics).
+
+  cfg.grad_cache_chunks = n > 1 turns on GradCache (Gao et al. 2021): (1) embed the batch in n chunks without
+  gradients, (2) take the loss and its gradient w.r.t. the embeddings on the full batch, (3) re-embed chunk by chunk
+  with the same dropout keys and back-propagate those embedding gradients into the parameters. Memory is that of
+  one chunk; the gradient is that of the full batch.
+  """
+  embed = make_embed_fn(model, pooling, special_ids)
+  groups = TEXT_GROUPS if cfg.hard_negatives else TEXT_GROUPS[:2]
+  loss_kw = dict(temperature=cfg.temperature, symmetric=cfg.symmetric)
+
+  def loss_from_embeddings(embs, batch):
+    hashes = {f"{g}_hash": batch.get(f"{g}_hash") for g in TEXT_GROUPS} if cfg.mask_duplicates else {}
+    return contrastive_loss(embs["anchor"], embs["positive"], embs.get("negative"), **loss_kw, **hashes)
+
+  def full_loss(params, batch, rng):
+    embs = {g: embed(params, batch[f"{g}_ids"], batch[f"{g}_mask"], jax.random.fold_in(rng, k))
+            for k, g in enumerate(groups)}
+    return loss_from_embeddings(embs, batch)
+
+  def grad_cache(params, batch, rng):
+    n = cfg.grad_cache_chunks
+    keys = {g: jax.random.split(jax.random.fold_in(rng, k), n) for k, g in enumerate(groups)}
+
+    def embed_chunks(p, g):       # (n, B/n, L) -> (B, H)
+      ids, mask = _chunked(batch[f"{g}_ids"], n), _chunked(batch[f"{g}_mask"], n)
+      return _unchunked(jax.lax.map(lambda x: embed(p, x[0], x[1], x[2]), (ids, mask, keys[g])))
+
+    embs = {g: jax.lax.stop_gradient(embed_chunks(params, g)) for g in groups}            # (1) no activations kept
+    (loss, metrics), emb_grads = jax.value_and_grad(loss_from_embeddings, has_aux=True)(embs, batch)   # (2)
+
+    def chunk_grads(carry, x):                                                               # (3)
+      g_params = carry
+      for g in groups:
+        ids, mask, key, cot = x[g]
+        _, vjp = jax.vjp(lambda p: embed(p, ids, mask, key), params)
+        g_params = jax.tree.map(jnp.add, g_params, vjp(cot)[0])
+      return g_params, None
+
+    xs = {g: (_chunked(batch[f"{g}_ids"], n), _chunked(batch[f"{g}_mask"], n), keys[g], _chunked(emb_grads[g], n))
+          for g in groups}
+    grads, _ = jax.lax.scan(chunk_grads, jax.tree.map(jnp.zeros_like, params), xs)
+    return (loss, metrics), grads
+
+  def step(state: TrainState, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    if cfg.grad_cache_chunks > 1:
+      (loss, metrics), grads = grad_cache(state.params, batch, rng)
+    else:
+      (loss, metrics), grads = jax.value_and_grad(full_loss, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
