@@ -16,6 +16,7 @@ from physbert_jax.model import BertConfig
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.variant = arg
+  c.objective = "mlm"
   c.seed = 0
 
   # Model: BERT-base (the paper). Field names are BertConfig's.

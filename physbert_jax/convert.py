@@ -29,6 +29,7 @@ import sys
 import warnings
 
 import numpy as np
+from absl import logging as absl_logging
 
 from physbert_jax import hf_names
 from physbert_jax.model import BertConfig
@@ -186,6 +187,8 @@ def import_hf(folder: str, out: str, pooling: str | None = None) -> str:
 
 def read_hf_folder(folder: str) -> Weights:
   """BertModel / BertForMaskedLM / sentence-transformers folder (safetensors) -> Weights."""
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"{folder}: no such folder (models are local folders; nothing is downloaded)")
   transformer_dir, pooling, normalize = folder, None, False
   modules_path = os.path.join(folder, "modules.json")
   if os.path.exists(modules_path):
@@ -302,6 +305,13 @@ def _copy_tokenizer(src: str, dst: str, model_max_length: int | None = None) -> 
   for name in TOKENIZER_FILES:
     if os.path.exists(os.path.join(src, name)):
       shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+  # Some tokenizer.json files pad and truncate every text to a fixed length (all-MiniLM-L6-v2's: 128); tools
+  # that use `tokenizers` directly would inherit that. transformers sets both per call, so dropping them is safe.
+  path = os.path.join(dst, "tokenizer.json")
+  tokenizer = _read_json(path)
+  if tokenizer.get("padding") or tokenizer.get("truncation"):
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump({**tokenizer, "padding": None, "truncation": None}, f, ensure_ascii=False)
   if model_max_length is not None:
     path = os.path.join(dst, "tokenizer_config.json")
     config = _read_json(path) if os.path.exists(path) else {"tokenizer_class": "BertTokenizer"}
@@ -412,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
   from_hf.add_argument("--pooling", choices=("mean", "cls", "mean_no_special"), help="default: the folder's")
   args = parser.parse_args(argv)
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  absl_logging.set_verbosity(absl_logging.ERROR)   # Orbax warns about every read-only checkpoint it opens
   try:
     if args.command == "to-hf":
       if not is_workdir(args.workdir):

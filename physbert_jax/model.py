@@ -42,7 +42,7 @@ class BertConfig:
   initializer_range: float = 0.02
   pad_token_id: int = 0
   dtype: str = "float32"           # compute dtype of activations; "bfloat16" on GPU
-  attention_impl: str | None = None  # None: XLA picks; "cudnn": flash attention on GPU; "xla": plain
+  attention_impl: str | None = None  # None: XLA picks; "cudnn": flash attention on GPU; "xla"; "cpu": fast on CPU
   remat: bool = False              # recompute each layer's activations in the backward pass (saves memory)
 
   @property
@@ -124,6 +124,16 @@ class BertSelfAttention(nn.Module):
       probs = jax.nn.softmax(logits, axis=-1)
       probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False).astype(v.dtype)
       out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
+    elif cfg.attention_impl == "cpu":
+      # XLA:CPU runs jax.nn.dot_product_attention's (B, L, N, D) einsums ~3x slower than this (bench/encode.py):
+      # heads-major layout, fp32 logits, and the softmax normalised after the PV product.
+      qt, kt, vt = (t.transpose(0, 2, 1, 3) for t in (q, k, v))                            # (B, N, L, D)
+      logits = jnp.matmul(qt, kt.swapaxes(-1, -2), preferred_element_type=jnp.float32)
+      logits = logits / jnp.sqrt(cfg.head_dim).astype(jnp.float32)
+      logits = jnp.where(keep[:, None, None, :], logits, jnp.finfo(jnp.float32).min)        # (B, N, L, L)
+      weights = jnp.exp(logits - logits.max(-1, keepdims=True))
+      out = jnp.matmul(weights.astype(v.dtype), vt) / weights.sum(-1, keepdims=True).astype(v.dtype)
+      out = out.transpose(0, 2, 1, 3)                                                         # (B, L, N, D)
     elif cfg.attention_impl == "cudnn":
       # Flash attention: padding given as lengths (sequences are right-padded), no (L, L) mask built.
       lengths = keep.sum(-1).astype(jnp.int32)

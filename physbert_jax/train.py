@@ -23,8 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from physbert_jax import checkpointing, input_pipeline, metrics as metrics_lib, optimizer, sharding, steps
-from physbert_jax.masking import max_predictions
+from physbert_jax import checkpointing, grid, metrics as metrics_lib, optimizer, sharding, stages, steps
 from physbert_jax.model import Bert, BertConfig, count_params
 
 FLAGS = flags.FLAGS
@@ -63,60 +62,31 @@ def _diff(a, b, prefix="") -> list[str]:
   return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
-def resolve_shards(config: ml_collections.ConfigDict) -> str:
-  if config.data.shards == "demo":
-    from data_prep import demo  # the demo corpus ships with the repo; built into shards on first use
-    return demo.ensure_demo_data(config.data.cache_dir, seq_len=config.data.seq_len,
-                                 vocab_size=config.model.vocab_size)
-  return config.data.shards
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_workdir_config(workdir, config)
-  model_cfg = BertConfig(**config.model)
 
   # ---- Mesh ------------------------------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
   sharding.check_batch_divides(config.data.global_batch_size, mesh, config.optimizer.grad_accum_steps)
 
-  # ---- Input -----------------------------------------------------------------------------------------------
-  data_dir = resolve_shards(config)
-  loader, manifest = input_pipeline.make_mlm_loader(
-      data_dir, split="train", seq_len=config.data.seq_len, global_batch_size=config.data.global_batch_size,
-      seed=config.seed, worker_count=config.data.worker_count)
-  special = manifest["special_ids"]
-  copy_tokenizer(manifest, workdir)
-  if manifest["vocab_size"] > model_cfg.vocab_size:
-    raise ValueError(f"tokenizer of {data_dir} has {manifest['vocab_size']} tokens, config.model.vocab_size is "
-                     f"{model_cfg.vocab_size}")
-  train_records = manifest["splits"]["train"]["records"]
-  steps_per_epoch = train_records // config.data.global_batch_size
-  total_steps = config.total_steps or config.num_epochs * steps_per_epoch
-  if total_steps <= 0:
-    raise ValueError("nothing to train: set config.total_steps or config.num_epochs")
-  data_iter = iter(loader)
-
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    # ---- Model & optimizer ---------------------------------------------------------------------------------
-    model = Bert(model_cfg)
+    # ---- Input and model: what the stage (mlm | contrastive) needs ---------------------------------------
+    model = Bert(BertConfig(**config.model))
+    stage = stages.build(config, model, mesh, workdir)
+    stages.check_tokenizer_fits(model.cfg, stage.tokenizer_dir)
+    copy_tokenizer(stage.tokenizer_dir, workdir)
+    total_steps = stage.total_steps
     tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
-    seq_len = config.data.seq_len
-    k = min(max_predictions(seq_len, config.mlm.mask_rate), seq_len)
-
-    def init_params(rng):
-      dummy = jnp.zeros((1, seq_len), jnp.int32)
-      return model.init({"params": rng}, dummy, dummy + 1, masked_positions=jnp.zeros((1, k), jnp.int32))["params"]
-
-    state_sharding, abstract_state, init_state, new_state = steps.sharded_state_fns(init_params, tx, mesh, rules)
+    state_sharding, abstract_state, init_state, new_state = steps.sharded_state_fns(stage.init_params, tx, mesh,
+                                                                                     rules)
 
     # ---- Restore: own checkpoint -> init_from -> scratch ----------------------------------------------------
-    manager = checkpointing.make_manager(workdir, config.checkpoint)
+    manager = checkpointing.make_manager(workdir, config.checkpoint, best_metric=stage.best_metric)
     start = manager.latest_step()
-    root_rng = jax.random.key(config.seed)
-    init_rng, train_rng, eval_rng = jax.random.split(root_rng, 3)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     if start is not None:
-      state = checkpointing.restore(manager, start, abstract_state, data_iter)
+      state = checkpointing.restore(manager, start, abstract_state, stage.data_iter)
       log(f"resumed from {workdir}/checkpoints/{start}")
     elif config.init_from:
       params, from_step = checkpointing.restore_params(config.init_from, abstract_state.params)
@@ -124,26 +94,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       log(f"initialised parameters from {config.init_from} step {from_step}")
     else:
       state, start = init_state(init_rng), 0
-    log(f"model: {count_params(state.params) / 1e6:.1f}M parameters; mesh {dict(mesh.shape)}; "
-        f"{total_steps} steps of {config.data.global_batch_size} x {seq_len} tokens "
-        f"({train_records} train records, {steps_per_epoch} steps/epoch)")
+    log(f"model: {count_params(state.params) / 1e6:.1f}M parameters; mesh {dict(mesh.shape)}; {total_steps} steps; "
+        f"{stage.describe}")
 
     # ---- Step --------------------------------------------------------------------------------------------
-    batch_sharding = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
-    train_step = jax.jit(
-        steps.make_mlm_step(model, tx, schedule, mlm=config.mlm, special_ids=special,
-                            vocab_size=manifest["vocab_size"], grad_accum_steps=config.optimizer.grad_accum_steps),
-        in_shardings=(state_sharding, batch_sharding, replicated),
-        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-    evaluate = make_evaluator(config, data_dir, manifest, model, mesh, special) if has_validation(manifest) else None
+    train_step = jax.jit(stage.make_step(tx, schedule),
+                         in_shardings=(state_sharding, sharding.batch_sharding(mesh), replicated),
+                         out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
     # ---- Loop --------------------------------------------------------------------------------------------
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
     progress = metrics_lib.ProgressLine(total_steps, start)
     peak = metrics_lib.peak_flops(jax.devices()[0], config.peak_flops_per_device)
-    flops_per_token = metrics_lib.train_flops_per_token(model_cfg, seq_len, config.mlm.mask_rate)
-    tokens_per_step = config.data.global_batch_size * seq_len
+    eval_every = _eval_every(config, stage)
     preempted = _install_sigterm_handler()
     kill_after = int(os.environ.get(_KILL_AFTER_SAVE_ENV, "-1"))
     pending: list[tuple[int, dict]] = []
@@ -151,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_last, steps_timed = None, 0
     step = start
     while step < total_steps:
-      batch = sharding.global_batch(next(data_iter), mesh)
+      batch = sharding.global_batch(next(stage.data_iter), mesh)
       state, step_metrics = train_step(state, batch, train_rng)
       step += 1
       pending.append((step, step_metrics))
@@ -162,23 +126,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       else:
         steps_timed += 1
       stop = preempted["flag"]
-      save_now = step % config.checkpoint.every_steps == 0 or step == total_steps or stop
+      evaluate_now = stage.evaluate is not None and (step % eval_every == 0 or step == total_steps)
+      save_now = step % config.checkpoint.every_steps == 0 or step == total_steps or stop or (
+          evaluate_now and stage.best_metric is not None)   # a candidate for "best" must exist on disk
       if pending and (step % config.log_every == 0 or save_now):
         jax.block_until_ready(step_metrics)
         dt = (time.time() - t_last) / max(steps_timed, 1)
-        speed = {"step_time_s": dt, "tokens_per_s": tokens_per_step / dt}
+        speed = {"step_time_s": dt, "tokens_per_s": stage.tokens_per_step / dt}
         if peak:
-          speed["mfu"] = flops_per_token * speed["tokens_per_s"] / (peak * jax.device_count())
+          speed["mfu"] = stage.flops_per_token * speed["tokens_per_s"] / (peak * jax.device_count())
         last, pending = _flush(pending, writer, speed), []
         progress(step, last)
         t_last, steps_timed = time.time(), 0
-      if evaluate and (step % config.eval_every == 0 or step == total_steps):
-        eval_metrics = evaluate(state.params, eval_rng)
+      eval_metrics = None
+      if evaluate_now:
+        eval_metrics = stage.evaluate(state.params, step)
         writer.write(step, eval_metrics)
         progress(step, {**last, **eval_metrics})
         last.update(eval_metrics)
       if save_now:
-        checkpointing.save(manager, step, state, data_iter, force=stop)
+        checkpointing.save(manager, step, state, stage.data_iter, force=stop, metrics=eval_metrics)
+        if eval_metrics and stage.best_metric:
+          checkpointing.record_best(workdir, step, eval_metrics, stage.best_metric)
         if step == kill_after:
           manager.wait_until_finished()
           os.kill(os.getpid(), signal.SIGKILL)
@@ -197,44 +166,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
-def copy_tokenizer(manifest: dict, workdir: str) -> None:
+def _eval_every(config, stage) -> int:
+  """config.eval_every steps, or (when config.evals_per_epoch > 0) that many evaluations per epoch (paper: 3)."""
+  per_epoch = config.get("evals_per_epoch", 0)
+  if per_epoch:
+    return max(stage.steps_per_epoch // per_epoch, 1)
+  return config.eval_every
+
+
+def copy_tokenizer(tokenizer_dir: str, workdir: str) -> None:
   """workdir/tokenizer: a run is self-contained for encode/convert, whatever happens to the data directory."""
   dst = os.path.join(workdir, "tokenizer")
   if jax.process_index() != 0 or os.path.isdir(dst):
     return
   tmp = dst + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
-  shutil.copytree(manifest["tokenizer"]["path"], tmp)
+  shutil.copytree(tokenizer_dir, tmp)
   os.replace(tmp, dst)
-
-
-def has_validation(manifest: dict) -> bool:
-  return manifest["splits"].get("validation", {}).get("records", 0) > 0
-
-
-def make_evaluator(config, data_dir, manifest, model, mesh, special):
-  """MLM loss/accuracy on the first eval_batches batches of the validation split, same masks every time."""
-  eval_step = jax.jit(steps.make_mlm_eval_step(model, mlm=config.mlm, special_ids=special,
-                                               vocab_size=manifest["vocab_size"]))
-  batch_size = min(config.data.global_batch_size, manifest["splits"]["validation"]["records"])
-  batch_size -= batch_size % max(jax.device_count(), 1)
-  if batch_size <= 0:
-    return None
-
-  def evaluate(params, rng):
-    loader, _ = input_pipeline.make_mlm_loader(
-        data_dir, split="validation", seq_len=config.data.seq_len, global_batch_size=batch_size, seed=0,
-        shuffle=False, num_epochs=1)
-    totals = {"loss_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
-    for i, local in enumerate(loader):
-      if i >= config.eval_batches:
-        break
-      sums = jax.device_get(eval_step(params, sharding.global_batch(local, mesh), jax.random.fold_in(rng, i)))
-      totals = {k: totals[k] + float(sums[k]) for k in totals}
-    n = max(totals["weight_sum"], 1.0)
-    return {"eval_loss": totals["loss_sum"] / n, "eval_mlm_accuracy": totals["correct_sum"] / n}
-
-  return evaluate
 
 
 def _flush(pending, writer, speed) -> dict:
@@ -278,7 +226,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
   maybe_initialize_distributed()
   try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.config.get("grid"):          # e.g. configs/subdomain.py: every combination is one ordinary run
+      grid.run_grid(FLAGS.config, FLAGS.workdir, train_and_evaluate)
+    else:
+      train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (NonFiniteLossError, ValueError, FileNotFoundError) as e:   # config/data errors: the message is the fix
     sys.exit(f"[physbert_jax] error: {e}")
 

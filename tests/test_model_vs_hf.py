@@ -39,9 +39,10 @@ def _batch():
   return ids, mask, types
 
 
-def test_hidden_states_and_mlm_logits_match_pytorch():
+@pytest.mark.parametrize("attention_impl", [None, "cpu"])
+def test_hidden_states_and_mlm_logits_match_pytorch(attention_impl):
   hf, hf_cfg = _hf_model()
-  cfg = hf_names.config_from_hf(hf_cfg.to_dict())
+  cfg = hf_names.config_from_hf(hf_cfg.to_dict(), attention_impl=attention_impl)
   params = hf_names.from_hf_state_dict({k: v.numpy() for k, v in hf.state_dict().items()}, cfg)
   ids, mask, types = _batch()
   positions = np.array([[0, 5, 22], [1, 2, 6], [3, 4, 15], [0, 1, 1]], np.int32)

@@ -9,10 +9,11 @@ papers that are not excluded and have a usable abstract.
 
 Sampling, per class, from random.Random(f"{seed}/{class}"): shuffle the class's papers (sorted by id first, so
 input order does not matter) and pair neighbours (0,1), (2,3), ...; reshuffle and repeat until the class's quota
-is met, skipping pairs already drawn. Every paper is used equally often (+-1 per round): a 5,000-paper class
-gives each paper ~38 pairs at the paper's size. A quota above a quarter of a class's n(n-1)/2 distinct pairs is
-drawn directly from the pair index instead; one above n(n-1)/2 is capped, with a note. Finally all pairs are
-shuffled together (seeded) and dealt round robin over the shards.
+is met, skipping pairs already drawn. Every round uses every paper once (less an odd one out and repeats), so
+papers are used about equally often: a 5,000-paper class gives each paper ~38 pairs at the paper's size. A quota
+above a quarter of a class's n(n-1)/2 distinct pairs is drawn directly from the pair index instead; one above
+n(n-1)/2 is capped, with a note. Finally all pairs are shuffled together (seeded) and dealt round robin over the
+shards.
 Full arXiv: ~1.3M abstracts in memory (~1.5 GB); 2M pairs -> ~4 GB of shards (each pair stores two abstracts).
 """
 
@@ -132,12 +133,12 @@ def build(meta: Iterable[str], out_dir: str, exclude: Iterable[str] = (), num_pa
   pairs = ({"anchor": a.abstract, "positive": b.abstract, "source": KIND, "anchor_id": a.id, "positive_id": b.id}
            for a, b in drawn)
   m = writer.write_pairs(out_dir, pairs, num_shards,
-                         lambda split: writer.manifest(KIND, split, seed, counts, {"meta": meta}), report)
-  if not quiet:
-    for note in notes:
-      print(f"note: {note}")
-    print(f"category: {len(drawn):,} pairs over {len(classes)} classes "
-          f"({', '.join(f'{c} {n:,}' for c, n in per_class.items())}); {counts['excluded']:,} excluded papers")
-    print(skipped.summary(5))
-    print(f"{time.time() - start:.1f}s -> {out_dir}")
+                         lambda split: writer.manifest(KIND, split, seed, counts, {"meta": meta}),
+                         report, len(drawn), quiet)
+  for note in notes:
+    print(f"note: {note}")
+  print(f"category: {len(drawn):,} pairs over {len(classes)} classes "
+        f"({', '.join(f'{c} {n:,}' for c, n in per_class.items())}); {counts['excluded']:,} excluded papers")
+  print(skipped.summary(5))
+  print(f"{time.time() - start:.1f}s -> {out_dir}")
   return m

@@ -21,9 +21,10 @@ has them) and, afterwards, titles for ids it can name (`titles`). Ids are arXiv 
 Selection: an edge is dropped when it is a self-citation, when either paper is in --exclude, or when the citing
 paper is known not to be physics (its primary category, from --meta or from the old-style id's archive in
 Paperscape). Of the rest, the `num_pairs` with the smallest sha256(seed, citing, cited) are kept (a bounded heap:
-memory is O(num_pairs), not O(edges), and the choice does not depend on file order), plus a 5% reserve for edges
-that turn out to have no title. Pairs are written in that hash order, i.e. shuffled. Titles: the source's, else
---meta's; pairs with a missing title or two equal titles are dropped.
+memory is O(num_pairs), not O(edges), and the choice does not depend on file order). Titles: the source's, else
+--meta's; edges with a missing title or two equal titles are dropped before selection, except where the source
+finds titles only afterwards (S2 bulk's non-arXiv cited papers): there a 5% reserve of extra edges covers them.
+Pairs are written in hash order, i.e. shuffled, dealt round robin over the shards.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Edge:
 
 class Source(Protocol):
   name: str
-  lazy: bool   # True: stop reading as soon as enough edges are kept (API calls cost time)
+  lazy: bool          # True: stop reading as soon as enough edges are kept (API calls cost time)
+  late_titles: bool   # True: `titles` can name papers whose edges came without a title
 
   def edges(self, skipped: Skipped) -> Iterator[Edge]: ...
 
@@ -74,15 +76,16 @@ def _archive_is_physics(paper_id: str) -> bool | None:
 
 
 class PaperscapeSource:
-  name, lazy = "paperscape", False
+  name, lazy, late_titles = "paperscape", False, False
 
-  def __init__(self, path: str):
-    self.files = sorted(glob.glob(os.path.join(path, "pscp-*.csv"))) if os.path.isdir(path) else [path]
+  def __init__(self, *paths: str):
+    self.files = [f for p in paths for f in (sorted(glob.glob(os.path.join(p, "pscp-*.csv"))) if os.path.isdir(p)
+                                             else [p])]
     if not self.files or not all(os.path.isfile(f) for f in self.files):
-      raise FileNotFoundError(f"--source paperscape {path}: no pscp-*.csv files there")
+      raise FileNotFoundError(f"--source paperscape {' '.join(paths)}: no pscp-*.csv files there")
     self.row_titles: dict[str, str] = {}
 
-  def edges(self, skipped: Skipped) -> Iterator[Edge]:
+  def _rows(self, skipped: Skipped) -> Iterator[tuple[str, str, str]]:
     for path in self.files:
       name = os.path.basename(path)
       with open(path, encoding="utf-8", errors="replace") as f:
@@ -93,15 +96,18 @@ class PaperscapeSource:
           if len(fields) != 7 or not fields[0]:
             skipped.add(name, lineno, "malformed Paperscape row")
             continue
-          aid, _, _, _, refs, _, title = fields
-          aid = papers.arxiv_id(aid)
-          title = papers.clean(title)
-          if title:
-            self.row_titles[aid] = title
-          physics = _archive_is_physics(aid)
-          for ref in refs.split(","):
-            if ref.strip():
-              yield Edge(aid, papers.arxiv_id(ref), title or None, None, physics)
+          yield papers.arxiv_id(fields[0]), fields[4], papers.clean(fields[6])
+
+  def edges(self, skipped: Skipped) -> Iterator[Edge]:
+    # Two reads: a paper cites papers of later rows and files, so every title is collected first (~1.3M titles,
+    # ~150 MB for all of Paperscape), then edges come out with both titles.
+    self.row_titles = {aid: title for aid, _, title in self._rows(Skipped()) if title}
+    for aid, refs, title in self._rows(skipped):
+      physics = _archive_is_physics(aid)
+      for ref in refs.split(","):
+        if ref.strip():
+          cited = papers.arxiv_id(ref)
+          yield Edge(aid, cited, title or None, self.row_titles.get(cited), physics)
 
   def titles(self, ids: set[str]) -> dict[str, str]:
     return {i: self.row_titles[i] for i in ids if i in self.row_titles}
@@ -111,7 +117,7 @@ class PaperscapeSource:
 
 
 class S2BulkSource:
-  name, lazy = "s2-bulk", False
+  name, lazy, late_titles = "s2-bulk", False, True
 
   def __init__(self, path: str, quiet: bool = True):
     self.paper_files = sorted(glob.glob(os.path.join(path, "papers", "*.gz")))
@@ -175,8 +181,9 @@ def edge_score(seed: int, citing: str, cited: str) -> int:
   return int.from_bytes(hashlib.sha256(f"{seed}/{citing}/{cited}".encode()).digest()[:8], "little")
 
 
-def select_edges(source: Source, limit: int, seed: int, excluded: set[str], meta_physics: dict[str, bool],
-                 physics_only: bool, skipped: Skipped, counts: dict) -> tuple[list[tuple], bool]:
+def select_edges(source: Source, limit: int, seed: int, excluded: set[str], meta_titles: dict[str, str],
+                 meta_physics: dict[str, bool], physics_only: bool, skipped: Skipped, counts: dict
+                 ) -> tuple[list[tuple], bool]:
   """The `limit` edges with the smallest scores, sorted by score; and whether any edge was pushed out."""
   heap: list[tuple] = []   # (-score, citing, cited, citing_title, cited_title): a max-heap on score
   kept: set[tuple[str, str]] = set()
@@ -193,10 +200,18 @@ def select_edges(source: Source, limit: int, seed: int, excluded: set[str], meta
     if physics_only and physics is False:
       counts["citing_not_physics"] += 1
       continue
+    ta, tb = e.citing_title or meta_titles.get(e.citing), e.cited_title or meta_titles.get(e.cited)
+    if not source.late_titles and not (ta and tb):
+      counts["no_title"] += 1
+      skipped.add(source.name, None, "no title", doc_id=e.cited if ta else e.citing, detail=f"{e.citing} -> {e.cited}")
+      continue
+    if ta and tb and ta.lower() == tb.lower():
+      counts["same_title"] += 1   # An erratum or a duplicate entry citing itself: nothing to learn.
+      continue
     if (e.citing, e.cited) in kept:
       counts["duplicates"] += 1
       continue
-    item = (-edge_score(seed, e.citing, e.cited), e.citing, e.cited, e.citing_title, e.cited_title)
+    item = (-edge_score(seed, e.citing, e.cited), e.citing, e.cited, ta, tb)
     if len(heap) < limit:
       heapq.heappush(heap, item)
       kept.add((e.citing, e.cited))
@@ -227,17 +242,17 @@ def build(source: Source, out_dir: str, meta: Iterable[str] = (), exclude: Itera
   counts = {"edges_read": 0, "self_citations": 0, "excluded": 0, "citing_not_physics": 0, "duplicates": 0,
             "no_title": 0, "same_title": 0}
   limit = num_pairs + num_pairs // 20 + 100   # The reserve: edges whose title turns out to be unknown.
-  chosen, overflow = select_edges(source, limit, seed, excluded, meta_physics, physics_only, skipped, counts)
+  chosen, overflow = select_edges(source, limit, seed, excluded, meta_titles, meta_physics, physics_only, skipped,
+                                  counts)
 
   missing = {i for _, a, b, ta, tb in chosen for i, t in ((a, ta), (b, tb)) if not t}
-  found = source.titles(missing)
-  title = lambda i, t: t or found.get(i) or meta_titles.get(i)
+  found = source.titles(missing) if missing else {}
   out, notes = [], []
   for _, a, b, ta, tb in chosen:
-    ta, tb = title(a, ta), title(b, tb)
+    ta, tb = ta or found.get(a), tb or found.get(b)
     if not ta or not tb:
       counts["no_title"] += 1
-      skipped.add(source.name, None, "no title", doc_id=b if ta else a, detail=f"edge {a} -> {b}")
+      skipped.add(source.name, None, "no title", doc_id=b if ta else a, detail=f"{a} -> {b}")
       continue
     if ta.lower() == tb.lower():
       counts["same_title"] += 1
@@ -253,12 +268,12 @@ def build(source: Source, out_dir: str, meta: Iterable[str] = (), exclude: Itera
   sources = {"source": source.name, "meta": meta, "exclude": list(exclude)}
   report = {"settings": settings or {}, "counts": counts, "notes": notes, "skipped": skipped.to_json()}
   m = writer.write_pairs(out_dir, iter(out), num_shards,
-                         lambda split: writer.manifest(KIND, split, seed, counts, sources), report)
-  if not quiet:
-    for note in notes:
-      print(f"note: {note}")
-    print(f"citation ({source.name}): {counts['edges_read']:,} edges read -> {len(out):,} pairs; "
-          + ", ".join(f"{k} {v:,}" for k, v in counts.items() if k not in ("edges_read", "pairs")))
-    print(skipped.summary(5))
-    print(f"{time.time() - start:.1f}s -> {out_dir}")
+                         lambda split: writer.manifest(KIND, split, seed, counts, sources),
+                         report, len(out), quiet)
+  for note in notes:
+    print(f"note: {note}")
+  print(f"citation ({source.name}): {counts['edges_read']:,} edges read -> {len(out):,} pairs; "
+        + ", ".join(f"{k} {v:,}" for k, v in counts.items() if k not in ("edges_read", "pairs")))
+  print(skipped.summary(5))
+  print(f"{time.time() - start:.1f}s -> {out_dir}")
   return m

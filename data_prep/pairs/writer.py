@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from data_prep import corpus_io
+from data_prep import corpus_io, stage
 from physbert_jax import records
 
 # One record per ArrayRecord chunk: the input pipeline reads records in a global random order, and reading record i
@@ -59,14 +59,18 @@ def manifest(kind: str, split: dict, seed: int, counts: dict, sources: dict | li
           "sources": sources, **extra}
 
 
-def write_pairs(out_dir: str, pairs: Iterable[dict], num_shards: int, make_manifest, report: dict) -> dict:
+def write_pairs(out_dir: str, pairs: Iterable[dict], num_shards: int, make_manifest, report: dict,
+                total: int | None = None, quiet: bool = True) -> dict:
   """Stage `pairs` into shards, add manifest.json (from `make_manifest(split_entry)`) and report.json, publish to
   `out_dir` (replacing it); return the manifest. `pairs` may be lazy: it is consumed once, in order."""
   tmp = corpus_io.staging_dir(out_dir)
   try:
     writer = ShardWriter(tmp, num_shards)
+    bar = stage.progress(total, "write", " pairs", quiet)
     for pair in pairs:
       writer.write(pair)
+      bar.update(1)
+    bar.close()
     m = make_manifest(writer.close())
     records.write_json_atomic(os.path.join(tmp, "report.json"), report)
     records.write_json_atomic(os.path.join(tmp, records.MANIFEST), m)  # Last: its presence means complete.
@@ -89,10 +93,21 @@ def build_is_current(out_dir: str, settings: dict) -> bool:
     return False
 
 
+def shard_files(out_dir: str) -> list[str]:
+  return records.shard_paths(out_dir, SPLIT, records.PAIRS_FORMAT)
+
+
+def read_pairs_shard(path: str) -> Iterator[dict]:
+  from array_record.python.array_record_module import ArrayRecordReader
+  reader = ArrayRecordReader(path)
+  try:
+    data = reader.read_all()   # ~15x faster than indexing record by record
+  finally:
+    reader.close()
+  yield from map(records.decode_pair, data)
+
+
 def read_pairs(out_dir: str) -> Iterator[dict]:
   """Every pair of a pair set, shard by shard (for tests and inspection; training reads through Grain)."""
-  from array_record.python.array_record_data_source import ArrayRecordDataSource
-  for path in records.shard_paths(out_dir, SPLIT, records.PAIRS_FORMAT):
-    source = ArrayRecordDataSource([path])
-    for i in range(len(source)):
-      yield records.decode_pair(source[i])
+  for path in shard_files(out_dir):
+    yield from read_pairs_shard(path)

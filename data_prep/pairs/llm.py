@@ -1,0 +1,167 @@
+"""Text generation engines for synthetic QA, one interface: `generate(conversations, seeds) -> replies`.
+
+  vllm             offline `vllm.LLM` in this process, tensor parallel over the visible GPUs (LLaMA-3-70B in bf16
+                   needs ~140 GB: 2 x H100/H200 at least, 4-8 for throughput). GPU only; `pip install vllm`.
+  openai-endpoint  any OpenAI-compatible /v1/chat/completions server, e.g. `vllm serve M --tensor-parallel-size 8`;
+                   requests go out `concurrency` at a time (vLLM batches them), plain urllib, no extra package.
+  transformers     AutoModelForCausalLM.generate in batches: slow, for small models, debugging and tests.
+
+A conversation is a list of {"role", "content"} messages. Each reply gets its own sampling seed (derived from the
+chunk id by the caller), so outputs do not depend on how chunks were batched (vLLM and vllm serve honour per-request
+seeds; transformers seeds each batch, so there they do depend on the batch size).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from typing import Callable, Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  temperature: float = 0.7     # some variety across the three questions, still on topic
+  top_p: float = 0.9
+  max_new_tokens: int = 768    # three QA pairs in JSON are ~250 tokens; room for verbose models
+
+
+class Engine(Protocol):
+  def generate(self, conversations: list[list[dict]], seeds: list[int]) -> list[str]: ...
+
+
+def visible_gpus() -> int:
+  devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if devices is not None:
+    return max(1, len([d for d in devices.split(",") if d.strip()]))
+  try:
+    import torch
+    return max(1, torch.cuda.device_count())
+  except ImportError:
+    return 1
+
+
+class VLLMEngine:
+  """Offline vLLM: one process drives all GPUs of the node (tensor parallel)."""
+
+  def __init__(self, model: str, sampling: Sampling, tensor_parallel_size: int | None = None,
+               max_model_len: int = 4096, gpu_memory_utilization: float = 0.9, seed: int = 0):
+    try:
+      import vllm
+    except ImportError:
+      raise SystemExit("--engine vllm needs vLLM on a GPU machine (`pip install vllm`); elsewhere, point "
+                       "--engine openai-endpoint URL at a `vllm serve` server, or use --engine transformers") from None
+    self.vllm, self.sampling = vllm, sampling
+    # 4k tokens: the prompt (~400 tokens with a 1,000-character chunk) plus the reply fit easily.
+    self.llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size or visible_gpus(),
+                        max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+
+  def generate(self, conversations: list[list[dict]], seeds: list[int]) -> list[str]:
+    s = self.sampling
+    params = [self.vllm.SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
+                                       seed=seed) for seed in seeds]
+    outputs = self.llm.chat(conversations, params, use_tqdm=False)
+    return [o.outputs[0].text for o in outputs]
+
+
+class OpenAIEndpointEngine:
+  """POSTs to {url}/v1/chat/completions; retries 429/5xx and dropped connections with backoff."""
+
+  def __init__(self, url: str, model: str | None, sampling: Sampling, concurrency: int = 64,
+               api_key: str | None = None, timeout_s: float = 600.0, max_retries: int = 6,
+               sleep: Callable[[float], None] = time.sleep):
+    url = url.rstrip("/")
+    for suffix in ("/chat/completions", "/v1"):
+      url = url[:-len(suffix)] if url.endswith(suffix) else url
+    self.base = url + "/v1"
+    self.sampling, self.concurrency, self.timeout_s = sampling, concurrency, timeout_s
+    self.max_retries, self.sleep = max_retries, sleep
+    key = api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("VLLM_API_KEY")
+    self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    # `vllm serve` serves one model; asking for its name saves repeating it on the command line.
+    self.model = model or self._call("GET", "/models", None)["data"][0]["id"]
+
+  def _call(self, method: str, path: str, body: dict | None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    for attempt in range(self.max_retries + 1):
+      try:
+        req = urllib.request.Request(self.base + path, data, self.headers, method=method)
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+          return json.loads(r.read().decode("utf-8"))
+      except urllib.error.HTTPError as e:
+        if e.code != 429 and e.code < 500:
+          raise RuntimeError(f"{method} {self.base + path}: HTTP {e.code}: "
+                             f"{e.read().decode('utf-8', 'replace')[:300]}") from None
+        why = f"HTTP {e.code}"
+      except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        why = str(e)
+      if attempt == self.max_retries:
+        raise RuntimeError(f"{method} {self.base + path}: still failing after {self.max_retries} retries ({why})")
+      self.sleep(min(60.0, 2.0 ** attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+  def _one(self, conversation: list[dict], seed: int) -> str:
+    s = self.sampling
+    body = {"model": self.model, "messages": conversation, "temperature": s.temperature, "top_p": s.top_p,
+            "max_tokens": s.max_new_tokens, "seed": seed}
+    reply = self._call("POST", "/chat/completions", body)
+    return reply["choices"][0]["message"].get("content") or ""
+
+  def generate(self, conversations: list[list[dict]], seeds: list[int]) -> list[str]:
+    with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+      return list(pool.map(self._one, conversations, seeds))
+
+
+class TransformersEngine:
+  """A Hugging Face causal LM (a directory or hub name), batched `generate` with left padding."""
+
+  def __init__(self, model: str, sampling: Sampling, batch_size: int = 8, device: str | None = None):
+    import torch
+    import transformers
+    self.torch, self.sampling, self.batch_size = torch, sampling, batch_size
+    self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    self.tok = transformers.AutoTokenizer.from_pretrained(model)
+    self.tok.padding_side = "left"   # Decoder-only: the reply must start right after each prompt.
+    if self.tok.pad_token is None:
+      self.tok.pad_token = self.tok.eos_token
+    self.model = transformers.AutoModelForCausalLM.from_pretrained(model).to(self.device).eval()
+
+  def render(self, conversation: list[dict]) -> str:
+    if getattr(self.tok, "chat_template", None):
+      return self.tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in conversation) + "\n\nassistant:"
+
+  def generate(self, conversations: list[list[dict]], seeds: list[int]) -> list[str]:
+    s, out = self.sampling, []
+    for k in range(0, len(conversations), self.batch_size):
+      texts = [self.render(c) for c in conversations[k:k + self.batch_size]]
+      # A chat template writes BOS itself; plain text needs the tokenizer's.
+      plain = not getattr(self.tok, "chat_template", None)
+      enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=plain).to(self.device)
+      # Only what a causal LM takes: BERT-style tokenizers also return token_type_ids, which generate() rejects.
+      enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
+      self.torch.manual_seed(seeds[k])
+      sample = s.temperature > 0
+      with self.torch.no_grad():
+        ids = self.model.generate(**enc, max_new_tokens=s.max_new_tokens, do_sample=sample,
+                                  temperature=s.temperature if sample else None, top_p=s.top_p if sample else None,
+                                  pad_token_id=self.tok.pad_token_id)
+      out += self.tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def make_engine(kind: str, model: str | None, sampling: Sampling, endpoint: str | None = None,
+                tensor_parallel_size: int | None = None, concurrency: int = 64, batch_size: int = 8,
+                seed: int = 0) -> Engine:
+  if kind == "vllm":
+    return VLLMEngine(model, sampling, tensor_parallel_size, seed=seed)
+  if kind == "openai-endpoint":
+    return OpenAIEndpointEngine(endpoint, model, sampling, concurrency)
+  if kind == "transformers":
+    return TransformersEngine(model, sampling, batch_size)
+  raise ValueError(f"unknown engine {kind!r}: vllm, openai-endpoint or transformers")

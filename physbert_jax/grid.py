@@ -1,0 +1,81 @@
+"""A hyperparameter grid as ordinary runs: `config.grid = [("optimizer.lr", [1e-4, 2e-4]), ...]`.
+
+Every combination trains in workdir/<key><value>-.../ with the same code path as a single run (so each is
+resumable and exportable), then workdir/grid.json lists each run's best validation metrics and the winner. Used by
+configs/subdomain.py, the paper's subdomain protocol.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+
+import jax
+import ml_collections
+
+from physbert_jax import checkpointing
+
+
+def _short(key: str, value) -> str:
+  name = {"optimizer.lr": "lr", "data.global_batch_size": "bs"}.get(key, key.split(".")[-1])
+  return f"{name}{value:g}" if isinstance(value, float) else f"{name}{value}"
+
+
+def prepare_subdomain_pairs(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """eval.build_sets' subdomain training rows (JSON lines: id, anchor, positive, label) -> pair shards, once."""
+  from data_prep.pairs import writer
+  from eval import sets
+
+  out = os.path.join(workdir, "pairs")
+  if os.path.exists(os.path.join(out, "manifest.json")):
+    return out
+  source = config.data.pairs_jsonl
+  if not os.path.exists(source):
+    raise FileNotFoundError(f"{source} not found: build it with `python -m eval.build_sets ...` "
+                            "(train/subdomain-<domain>.jsonl.gz), or set config.data.pairs_jsonl")
+  rows = sets.load_rows(source, "train_pairs")
+  pairs = ({"anchor": r["anchor"], "positive": r["positive"], "source": f"subdomain-{config.subdomain}",
+            "anchor_id": r["id"], "positive_id": r["id"]} for r in rows)
+  writer.write_pairs(out, pairs, num_shards=1,
+                     make_manifest=lambda split: writer.manifest(f"subdomain-{config.subdomain}", split, seed=0,
+                                                                 counts={"pairs": len(rows)}, sources=[source]),
+                     report={"source": source, "pairs": len(rows)})
+  return out
+
+
+def run_grid(config: ml_collections.ConfigDict, workdir: str, train_fn) -> dict:
+  keys = [k for k, _ in config.grid]
+  base = copy.deepcopy(config.to_dict())
+  base["grid"] = []
+  if config.get("subdomain"):
+    base["data"]["sources"] = [{"path": prepare_subdomain_pairs(config, workdir), "weight": 1.0}]
+  results = []
+  for values in itertools.product(*(v for _, v in config.grid)):
+    point = copy.deepcopy(base)
+    for key, value in zip(keys, values):
+      node = point
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    name = "-".join(_short(k, v) for k, v in zip(keys, values))
+    run_dir = os.path.join(workdir, name)
+    summary = train_fn(ml_collections.ConfigDict(point), run_dir)
+    best = json.load(open(os.path.join(run_dir, checkpointing.BEST))) if os.path.exists(
+        os.path.join(run_dir, checkpointing.BEST)) else None
+    results.append({"run": name, **dict(zip(keys, values)), "best": best, "final": summary})
+  scored = [r for r in results if r["best"]]
+  winner = max(scored, key=lambda r: r["best"]["metrics"][r["best"]["metric"]]) if scored else None
+  report = {"grid": [[k, v] for k, v in config.grid], "runs": results, "best_run": winner and winner["run"],
+            "best": winner and winner["best"]}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "grid.json"), "w") as f:
+      json.dump(report, f, indent=2)
+    for r in results:
+      metrics = r["best"]["metrics"] if r["best"] else {}
+      print(f"{r['run']:<16} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if winner:
+      print(f"best: {winner['run']} step {winner['best']['step']}: {winner['best']['metrics']}")
+  return report

@@ -1,0 +1,215 @@
+"""The two training stages the train loop can run, chosen by `config.objective`:
+
+  mlm          masked-language-model pre-training over MLM shards (paper Sec. 3.1)
+  contrastive  in-batch-negative fine-tuning over text-pair shards, validated with the eval suite (Sec. 3.2)
+
+A stage supplies what differs: the input iterator, the run length, the parameter initialiser, the step and the
+validation. The loop, sharding, checkpoints and metrics in train.py are shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from physbert_jax import contrastive, input_pipeline, metrics as metrics_lib, pair_pipeline, records, sharding, steps
+from physbert_jax.masking import max_predictions
+from physbert_jax.model import BertConfig
+
+
+@dataclasses.dataclass
+class Stage:
+  data_iter: Any                 # checkpointable iterator of per-process batches (dicts of numpy arrays)
+  total_steps: int
+  steps_per_epoch: int
+  init_params: Callable          # rng -> boxed (logically partitioned) params
+  make_step: Callable            # (tx, schedule) -> step(state, batch, rng) -> (state, metrics)
+  evaluate: Callable | None      # (params, step) -> {name: float}
+  best_metric: str | None        # the evaluate() key whose maximum marks the best checkpoint
+  tokens_per_step: int
+  flops_per_token: float
+  tokenizer_dir: str
+  describe: str
+
+
+def _total_steps(config, steps_per_epoch: int) -> int:
+  total = config.total_steps or config.num_epochs * steps_per_epoch
+  if total <= 0:
+    raise ValueError("nothing to train: set config.total_steps or config.num_epochs")
+  return total
+
+
+# ---- MLM ---------------------------------------------------------------------------------------------------
+
+def mlm_stage(config: ml_collections.ConfigDict, model, mesh) -> Stage:
+  data_dir = _resolve_shards(config)
+  loader, manifest = input_pipeline.make_mlm_loader(
+      data_dir, split="train", seq_len=config.data.seq_len, global_batch_size=config.data.global_batch_size,
+      seed=config.seed, worker_count=config.data.worker_count)
+  special, vocab = manifest["special_ids"], manifest["vocab_size"]
+  if vocab > model.cfg.vocab_size:
+    raise ValueError(f"tokenizer of {data_dir} has {vocab} tokens, config.model.vocab_size is {model.cfg.vocab_size}")
+  records_n = manifest["splits"]["train"]["records"]
+  steps_per_epoch = records_n // config.data.global_batch_size
+  seq_len = config.data.seq_len
+  k = min(max_predictions(seq_len, config.mlm.mask_rate), seq_len)
+
+  def init_params(rng):
+    d = jnp.zeros((1, seq_len), jnp.int32)
+    return model.init({"params": rng}, d, d + 1, masked_positions=jnp.zeros((1, k), jnp.int32))["params"]
+
+  def make_step(tx, schedule):
+    return steps.make_mlm_step(model, tx, schedule, mlm=config.mlm, special_ids=special, vocab_size=vocab,
+                               grad_accum_steps=config.optimizer.grad_accum_steps)
+
+  has_val = manifest["splits"].get("validation", {}).get("records", 0) > 0
+  return Stage(
+      data_iter=iter(loader), total_steps=_total_steps(config, steps_per_epoch), steps_per_epoch=steps_per_epoch,
+      init_params=init_params, make_step=make_step,
+      evaluate=_mlm_evaluator(config, data_dir, manifest, model, mesh) if has_val else None, best_metric=None,
+      tokens_per_step=config.data.global_batch_size * seq_len,
+      flops_per_token=metrics_lib.train_flops_per_token(model.cfg, seq_len, config.mlm.mask_rate),
+      tokenizer_dir=manifest["tokenizer"]["path"],
+      describe=f"MLM on {data_dir}: {records_n} sequences of <= {seq_len} tokens, {steps_per_epoch} steps/epoch")
+
+
+def _resolve_shards(config) -> str:
+  if config.data.shards == "demo":
+    from data_prep import demo  # the demo corpus ships with the repo; built into shards on first use
+    return demo.ensure_demo_data(config.data.cache_dir, seq_len=config.data.seq_len,
+                                 vocab_size=config.model.vocab_size)
+  return config.data.shards
+
+
+def _mlm_evaluator(config, data_dir, manifest, model, mesh):
+  """MLM loss/accuracy on the first eval_batches batches of the validation split, the same masks every time."""
+  special = manifest["special_ids"]
+  eval_step = jax.jit(steps.make_mlm_eval_step(model, mlm=config.mlm, special_ids=special,
+                                               vocab_size=manifest["vocab_size"]))
+  batch_size = min(config.data.global_batch_size, manifest["splits"]["validation"]["records"])
+  batch_size -= batch_size % jax.device_count()
+  if batch_size <= 0:
+    return None
+  rng = jax.random.key(config.seed + 1)
+
+  def evaluate(params, step):
+    loader, _ = input_pipeline.make_mlm_loader(
+        data_dir, split="validation", seq_len=config.data.seq_len, global_batch_size=batch_size, seed=0,
+        shuffle=False, num_epochs=1)
+    totals = {"loss_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
+    for i, local in enumerate(loader):
+      if i >= config.eval_batches:
+        break
+      sums = jax.device_get(eval_step(params, sharding.global_batch(local, mesh), jax.random.fold_in(rng, i)))
+      totals = {k: totals[k] + float(sums[k]) for k in totals}
+    n = max(totals["weight_sum"], 1.0)
+    return {"eval_loss": totals["loss_sum"] / n, "eval_mlm_accuracy": totals["correct_sum"] / n}
+
+  return evaluate
+
+
+# ---- Contrastive -------------------------------------------------------------------------------------------
+
+def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: str) -> Stage:
+  tokenizer_dir = config.data.tokenizer or os.path.join(config.init_from, "tokenizer")
+  if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
+    raise FileNotFoundError(f"{tokenizer_dir}/tokenizer.json not found: set config.data.tokenizer, or "
+                            "config.init_from to a workdir that has a tokenizer/ folder")
+  sources = [dict(s) for s in config.data.sources]
+  data_iter, counts = pair_pipeline.make_pair_loader(
+      sources, tokenizer_dir=tokenizer_dir, max_length=config.data.max_length,
+      global_batch_size=config.data.global_batch_size, seed=config.seed, worker_count=config.data.worker_count,
+      hard_negatives=config.contrastive.hard_negatives)
+  steps_per_epoch = max(sum(counts.values()) // config.data.global_batch_size, 1)
+  special = _special_ids(tokenizer_dir)
+  length = config.data.max_length
+
+  def init_params(rng):
+    d = jnp.zeros((1, length), jnp.int32)
+    return model.init({"params": rng}, d, d + 1)["params"]          # no MLM head
+
+  def make_step(tx, schedule):
+    return contrastive.make_contrastive_step(model, tx, schedule, cfg=config.contrastive, pooling=config.pooling,
+                                             special_ids=special)
+
+  groups = 3 if config.contrastive.hard_negatives else 2
+  # Forward+backward of every text, plus the GradCache re-embedding pass (one more forward).
+  flops = metrics_lib.train_flops_per_token(model.cfg, length, 0.0) * (4 / 3 if config.contrastive.grad_cache_chunks
+                                                                       > 1 else 1)
+  evaluate = _contrastive_validator(config, model, tokenizer_dir, workdir) if config.validation.sets else None
+  return Stage(
+      data_iter=data_iter, total_steps=_total_steps(config, steps_per_epoch), steps_per_epoch=steps_per_epoch,
+      init_params=init_params, make_step=make_step, evaluate=evaluate,
+      best_metric="val_mean" if evaluate else None,
+      tokens_per_step=config.data.global_batch_size * length * groups, flops_per_token=flops,
+      tokenizer_dir=tokenizer_dir,
+      describe=f"contrastive on {', '.join(f'{k} ({v} pairs)' for k, v in counts.items())}: "
+               f"{steps_per_epoch} steps/epoch")
+
+
+def _special_ids(tokenizer_dir: str) -> dict[str, int]:
+  from tokenizers import Tokenizer
+  tok = Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json"))
+  ids = {name: tok.token_to_id(f"[{name.upper()}]") for name in ("pad", "unk", "cls", "sep", "mask")}
+  missing = [k for k, v in ids.items() if v is None and k != "mask"]
+  if missing:
+    raise ValueError(f"{tokenizer_dir}: no {missing} tokens; a BERT WordPiece tokenizer is expected")
+  return ids
+
+
+def _contrastive_validator(config, model, tokenizer_dir: str, workdir: str):
+  """The eval suite's tasks (clustering V-measure, citation accuracy, retrieval nDCG@10) on config.validation.sets,
+  through the same Encoder the benchmark uses; `val_mean` is their mean, the paper's checkpoint criterion."""
+  from eval import tasks as eval_tasks
+  from physbert_jax import convert
+  from physbert_jax.encode import Encoder
+
+  task_names = list(config.validation.tasks)
+
+  def evaluate(params, step):
+    weights = convert.Weights(
+        cfg=model.cfg, params=jax.device_get(params), pooling=config.pooling, max_length=config.data.max_length,
+        normalize=False, lowercase=False, tokenizer_dir=tokenizer_dir, source=workdir, step=step)
+    encoder = Encoder(weights, name=f"{os.path.basename(os.path.abspath(workdir))}@{step}", dtype="float32",
+                      max_length=config.data.max_length)
+    cache = tempfile.mkdtemp(prefix="physbert-val-")   # embeddings of one step are never reused
+    try:
+      ctx = eval_tasks.Context(sets_dir=config.validation.sets, cache_dir=cache, seed=config.seed,
+                               batch_size=config.validation.batch_size, folds=config.validation.folds)
+      out = {}
+      for name in task_names:
+        result = eval_tasks.run(ctx, encoder, name)
+        out[f"val_{name}"] = float(result["main"])
+    finally:
+      shutil.rmtree(cache, ignore_errors=True)
+    out["val_mean"] = float(np.mean([out[f"val_{n}"] for n in task_names]))
+    return out
+
+  return evaluate
+
+
+def build(config, model, mesh, workdir: str) -> Stage:
+  if config.objective == "mlm":
+    return mlm_stage(config, model, mesh)
+  if config.objective == "contrastive":
+    return contrastive_stage(config, model, mesh, workdir)
+  raise ValueError(f"config.objective={config.objective!r}: use mlm or contrastive")
+
+
+def check_tokenizer_fits(model_cfg: BertConfig, tokenizer_dir: str) -> None:
+  path = os.path.join(tokenizer_dir, "tokenizer.json")
+  from tokenizers import Tokenizer
+  size = Tokenizer.from_file(path).get_vocab_size()
+  if size > model_cfg.vocab_size:
+    raise ValueError(f"{path} has {size} tokens, config.model.vocab_size is {model_cfg.vocab_size}")
+
+
+_ = records  # the shard formats these stages read are defined there
