@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from physbert_jax import contrastive, input_pipeline, metrics as metrics_lib, pair_pipeline, records, sharding, steps
+from physbert_jax import contrastive, input_pipeline, metrics as metrics_lib, pair_pipeline, sharding, steps
 from physbert_jax.masking import max_predictions
 from physbert_jax.model import BertConfig
 
@@ -211,5 +211,3 @@ def check_tokenizer_fits(model_cfg: BertConfig, tokenizer_dir: str) -> None:
   if size > model_cfg.vocab_size:
     raise ValueError(f"{path} has {size} tokens, config.model.vocab_size is {model_cfg.vocab_size}")
 
-
-_ = records  # the shard formats these stages read are defined there
