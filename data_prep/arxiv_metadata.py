@@ -39,14 +39,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
 import json
 import os
-import zlib
 from typing import Iterator
 
 from data_prep import stage, taxonomy
-from data_prep.corpus_io import Skipped
+from data_prep.corpus_io import Skipped, read_lines
 
 REQUIRED = ("id", "categories", "abstract")  # What later stages read; other snapshot keys are passed through.
 PAPERS = "papers"
@@ -97,18 +95,6 @@ def _parse(raw: bytes) -> dict | tuple[str, str | None]:
   return obj
 
 
-def _lines(path: str, name: str, skipped: Skipped) -> Iterator[tuple[int, bytes]]:
-  opener = gzip.open if path.endswith(".gz") else open
-  lineno = 0
-  try:
-    with opener(path, "rb") as f:
-      for lineno, raw in enumerate(f, start=1):
-        yield lineno, raw
-  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-    # Every part meets the damage and reports it: each part's output lacks its papers after this point.
-    skipped.add(name, lineno + 1, "truncated or corrupt gzip", detail=f"nothing read after line {lineno}: {e}")
-
-
 def filter_part(snapshot: str, out_dir: str, index: int, count: int, quiet: bool = False) -> dict:
   """Write part `index` of `count`: the physics papers of the snapshot that belong to it."""
   skipped = Skipped()
@@ -120,7 +106,8 @@ def filter_part(snapshot: str, out_dir: str, index: int, count: int, quiet: bool
   out = papers_path(out_dir, index, count)
   bar = stage.progress(None, f"metadata {index}/{count}", " lines", quiet)
   with stage.jsonl_gz_writer(out) as writer:
-    for lineno, raw in _lines(snapshot, name, skipped):
+    # A truncated snapshot: every part meets the damage and reports it, since each lacks its papers after it.
+    for lineno, raw in read_lines(snapshot, name, skipped):
       bar.update(1)
       if not raw.strip():
         continue

@@ -91,7 +91,7 @@ def expand_paths(paths: Iterable[str]) -> list[tuple[str, str]]:
   return files
 
 
-def _lines(path: str, name: str, skipped: Skipped) -> Iterator[tuple[int, bytes]]:
+def read_lines(path: str, name: str, skipped: Skipped) -> Iterator[tuple[int, bytes]]:
   # Binary, so that one undecodable line is skipped instead of failing the whole file.
   opener = gzip.open if path.endswith(".gz") else open
   lineno = 0
@@ -128,7 +128,7 @@ def iter_documents(paths: Iterable[str], skipped: Skipped | None = None) -> Iter
   skipped = Skipped() if skipped is None else skipped
   for path, name in expand_paths(paths):
     is_json = not path.endswith(".txt")
-    for lineno, raw in _lines(path, name, skipped):
+    for lineno, raw in read_lines(path, name, skipped):
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError:
