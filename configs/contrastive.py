@@ -2,6 +2,11 @@
 
   python -m physbert_jax.train --config configs/contrastive.py:base --workdir runs/contrastive   # from runs/mlm512
   python -m physbert_jax.train --config configs/contrastive.py:tiny --workdir runs/contrastive-tiny  # CPU, minutes
+  python -m physbert_jax.train --config configs/contrastive.py:minilm --workdir runs/minilm-cat     # from runs/minilm
+
+`minilm` fine-tunes an existing sentence encoder (all-MiniLM-L6-v2, imported with
+`python -m physbert_jax.convert from-hf --hf <folder> --out runs/minilm`) on the category pairs: the recipe for
+adapting any BERT-family model to physics without pre-training one.
 
 Pairs come from `python -m data_prep.pairs {category,citation,synthetic-qa}`; validation sets from
 `python -m eval.build_sets` (its ids.txt is what the pair builders exclude). The paper: lr 2e-4, batch 256 per GPU,
@@ -14,8 +19,8 @@ from configs import mlm
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  if arg not in ("base", "tiny"):
-    raise ValueError(f"unknown variant {arg!r} of configs/contrastive.py: use base or tiny")
+  if arg not in ("base", "tiny", "minilm"):
+    raise ValueError(f"unknown variant {arg!r} of configs/contrastive.py: use base, tiny or minilm")
   c = mlm.get_config("base" if arg == "base" else "tiny")   # same model, mesh and checkpoint settings
   c.variant = arg
   c.objective = "contrastive"
@@ -29,6 +34,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   ]
   c.data.tokenizer = ""                         # "": init_from's workdir/tokenizer
   c.data.max_length = 256                       # abstracts and 1,000-char chunks fit; titles are far shorter
+  c.data.length_buckets = (32, 64, 128)         # each text group padded to the smallest bucket (or max_length)
+                                                # that holds its longest text; () pads everything to max_length
   c.data.global_batch_size = 2048               # 8 GPUs x 256 (the paper's per-GPU batch), all negatives global
   c.data.worker_count = 4
 
@@ -76,4 +83,22 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.validation.batch_size = 64
     c.checkpoint.every_steps = 100
     c.init_from = "runs/tiny"
+  elif arg == "minilm":
+    # all-MiniLM-L6-v2's architecture; the weights come from init_from. CPU: ~6 s per step at batch 32.
+    c.model.update(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536,
+                   max_position_embeddings=512, dtype="float32", hidden_dropout=0.1, attention_dropout=0.0)
+    c.data.sources = [{"path": "data/pairs/category", "weight": 1.0}]
+    c.data.max_length = 128                     # what the model was trained with
+    c.data.global_batch_size = 32
+    c.data.worker_count = 0
+    c.optimizer.lr = 5e-5                       # a trained encoder: small steps
+    c.optimizer.warmup_steps = 30
+    c.num_epochs = 0
+    c.total_steps = 300
+    c.evals_per_epoch = 0
+    c.eval_every = 100
+    c.validation.sets = "data/evalsets-small"
+    c.validation.batch_size = 64
+    c.checkpoint.every_steps = 100
+    c.init_from = "runs/minilm"
   return c

@@ -23,6 +23,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(vars(BertConfig()).copy())
   c.model.dtype = "bfloat16"                   # activations; parameters, softmax and loss stay fp32
   c.model.attention_dropout = 0.0              # flash attention has no dropout on probabilities (MosaicBERT too)
+  # None: XLA picks; "cudnn", "xla" or "cpu" from the command line (a placeholder, so a str override type-checks).
+  c.model.attention_impl = ml_collections.config_dict.placeholder(str)
 
   c.data = ml_collections.ConfigDict()
   c.data.shards = "data/mlm128"                # a build_mlm_shards output dir, or "demo" (built on first use)

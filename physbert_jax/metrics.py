@@ -94,7 +94,8 @@ class ProgressLine:
     elapsed = time.time() - self.t0
     eta = elapsed / max(done, 1) * (self.total - step)
     parts = [f"step {step}/{self.total} ({100 * step / self.total:.0f}%)"]
-    for k in ("loss", "mlm_accuracy", "eval_loss", "lr", "grad_norm", "tokens_per_s", "step_time_s", "mfu"):
+    for k in ("loss", "mlm_accuracy", "accuracy", "eval_loss", "val_mean", "lr", "grad_norm", "tokens_per_s",
+              "examples_per_s", "step_time_s", "mfu"):
       if k in scalars and not math.isnan(scalars[k]):
         v = scalars[k]
         parts.append(f"{k} {v:.3g}" if k != "tokens_per_s" else f"{k} {v:,.0f}")

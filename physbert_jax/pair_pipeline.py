@@ -4,14 +4,21 @@ Each source (category / citation / synthetic-qa pair sets) is shuffled and repea
 mixed by the configured weights (the paper used 2M / 1M / 2M pairs: weights 0.4 / 0.2 / 0.4), each process takes
 its slice, and texts are tokenized in the Grain workers, so one pair set serves any tokenizer and max length.
 
-A batch: anchor_ids/anchor_mask, positive_ids/positive_mask (B, L) int32, and anchor_hash/positive_hash (B,) int32
-fingerprints of the raw texts, with which the loss masks a duplicate text in the batch out of the negatives.
+A batch: anchor_ids/anchor_mask, positive_ids/positive_mask (B, L_group) int32, and anchor_hash/positive_hash (B,)
+int32 fingerprints of the raw texts, with which the loss masks a duplicate text in the batch out of the negatives.
+
+Padding: each text group of a batch is padded to the smallest length bucket (config.data.length_buckets, e.g.
+32/64/128/256) that holds its longest text, as sentence-transformers pads to the longest text of the batch. Titles
+and questions are short, abstracts long: padding every text to max_length spent most of the step on [PAD]
+(docs/LOG.md). Buckets bound the number of shapes jit compiles (at most len(buckets) per group). With several
+processes, `pad_to_common_length` pads every process's slice to the longest bucket any of them drew.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import zlib
+from typing import Callable, Sequence
 
 import grain
 import jax
@@ -26,9 +33,30 @@ def text_hash(text: str) -> int:
   return int(np.uint32(zlib.crc32(text.strip().lower().encode("utf-8"))).view(np.int32))
 
 
+def bucket_lengths(max_length: int, buckets: Sequence[int] = ()) -> tuple[int, ...]:
+  """The padded lengths a group may take: the buckets below max_length, then max_length itself.
+
+  No buckets means every text is padded to max_length (one shape: what a TPU or a fixed-shape profile wants).
+  """
+  if any(int(b) <= 0 for b in buckets):
+    raise ValueError(f"config.data.length_buckets must be positive lengths, got {list(buckets)}")
+  return tuple(sorted({int(b) for b in buckets if int(b) < max_length} | {max_length}))
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= length (buckets sorted ascending, the last one the max_length texts are cut to)."""
+  for b in buckets:
+    if length <= b:
+      return b
+  raise ValueError(f"a text of {length} tokens is longer than the largest bucket {buckets[-1]}")
+
+
 @dataclasses.dataclass
 class TokenizePair(grain.transforms.Map):
-  """JSON pair record -> padded token arrays. The tokenizer is loaded lazily, once per worker process."""
+  """JSON pair record -> unpadded token ids per text, [CLS] ... [SEP] truncated to max_length.
+
+  The tokenizer is loaded lazily, once per worker process; PadToBucket pads when the batch is formed.
+  """
   tokenizer_path: str
   max_length: int
   hard_negatives: bool = False
@@ -42,16 +70,8 @@ class TokenizePair(grain.transforms.Map):
       tok = Tokenizer.from_file(self.tokenizer_path)
       tok.enable_truncation(self.max_length)
       tok.no_padding()
-      self._tok, self._pad = tok, tok.token_to_id("[PAD]") or 0
+      self._tok = tok
     return self._tok
-
-  def _encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-    ids = self._tokenizer().encode(text).ids            # [CLS] ... [SEP], truncated to max_length
-    out = np.full((self.max_length,), self._pad, np.int32)
-    out[:len(ids)] = ids
-    mask = np.zeros((self.max_length,), np.int32)
-    mask[:len(ids)] = 1
-    return out, mask
 
   def map(self, record: bytes) -> dict[str, np.ndarray]:
     pair = records.decode_pair(record)
@@ -59,23 +79,72 @@ class TokenizePair(grain.transforms.Map):
     keys = ("anchor", "positive", "negative") if self.hard_negatives else ("anchor", "positive")
     for key in keys:
       text = pair.get(key) or pair["positive"]          # a pair without a hard negative reuses its positive
-      out[f"{key}_ids"], out[f"{key}_mask"] = self._encode(text)
+      out[f"{key}_ids"] = np.asarray(self._tokenizer().encode(text).ids, np.int32)
       out[f"{key}_hash"] = np.int32(text_hash(text))
     return out
 
 
+@dataclasses.dataclass
+class PadToBucket:
+  """Grain batch_fn: a list of TokenizePair outputs -> one batch, each text group padded to its own bucket."""
+  buckets: tuple[int, ...]
+  pad_id: int
+
+  def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    out = {}
+    for key in examples[0]:
+      if key.endswith("_ids"):
+        group = key[:-len("_ids")]
+        rows = [e[key] for e in examples]
+        length = bucket_for(max(len(r) for r in rows), self.buckets)
+        ids = np.full((len(rows), length), self.pad_id, np.int32)
+        mask = np.zeros((len(rows), length), np.int32)
+        for i, r in enumerate(rows):
+          ids[i, :len(r)], mask[i, :len(r)] = r, 1
+        out[key], out[f"{group}_mask"] = ids, mask
+      else:
+        out[key] = np.stack([e[key] for e in examples])
+    return out
+
+
+def pad_to_common_length(local: dict[str, np.ndarray], gather: Callable[[np.ndarray], np.ndarray] | None = None,
+                         pad_id: int = 0) -> dict[str, np.ndarray]:
+  """Pads each text group of this process's batch to the longest length any process has for it this step.
+
+  jax.make_array_from_process_local_data needs equal shapes on every process; `gather` (default: one tiny
+  multihost allgather of the lengths per step) returns the (processes, groups) lengths.
+  """
+  keys = sorted(k for k in local if k.endswith("_ids"))
+  lengths = np.array([local[k].shape[1] for k in keys], np.int32)
+  if gather is None:
+    if jax.process_count() == 1:
+      return local
+    from jax.experimental import multihost_utils
+    gather = multihost_utils.process_allgather
+  target = np.asarray(gather(lengths)).reshape(-1, len(keys)).max(axis=0)
+  out = dict(local)
+  for k, n, t in zip(keys, lengths, target):
+    if t > n:
+      mask_key = k[:-len("_ids")] + "_mask"
+      out[k] = np.pad(local[k], ((0, 0), (0, t - n)), constant_values=pad_id)
+      out[mask_key] = np.pad(local[mask_key], ((0, 0), (0, t - n)))
+  return out
+
+
 def make_pair_loader(sources: list[dict], *, tokenizer_dir: str, max_length: int, global_batch_size: int,
                      seed: int, worker_count: int = 0, hard_negatives: bool = False,
-                     process_index: int | None = None, process_count: int | None = None):
+                     length_buckets: Sequence[int] = (), process_index: int | None = None,
+                     process_count: int | None = None):
   """An infinite, checkpointable iterator of per-process pair batches, and the per-source record counts.
 
-  sources: [{"path": pair shard dir, "weight": float}, ...].
+  sources: [{"path": pair shard dir, "weight": float}, ...]. length_buckets: see bucket_lengths().
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} does not divide over {process_count} processes")
   tokenizer_path = f"{tokenizer_dir}/tokenizer.json"
+  pad_id = pad_token_id(tokenizer_path)
   datasets, weights, counts = [], [], {}
   for i, src in enumerate(sources):
     paths = records.shard_paths(src["path"], "train", fmt=records.PAIRS_FORMAT)
@@ -91,9 +160,18 @@ def make_pair_loader(sources: list[dict], *, tokenizer_dir: str, max_length: int
     weights.append(float(src["weight"]))
   mixed = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
   mixed = mixed.map(TokenizePair(tokenizer_path, max_length, hard_negatives))
-  ds = mixed.batch(global_batch_size // process_count, drop_remainder=True).to_iter_dataset()
+  pad = PadToBucket(bucket_lengths(max_length, length_buckets), pad_id)
+  ds = mixed.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=pad).to_iter_dataset()
   if worker_count:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(ds), counts
+
+
+def pad_token_id(tokenizer_path: str) -> int:
+  from tokenizers import Tokenizer
+  pad = Tokenizer.from_file(tokenizer_path).token_to_id("[PAD]")
+  if pad is None:
+    raise ValueError(f"{tokenizer_path}: no [PAD] token; a BERT WordPiece tokenizer is expected")
+  return pad

@@ -10,6 +10,7 @@ validation. The loop, sharding, checkpoints and metrics in train.py are shared.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -34,10 +35,10 @@ class Stage:
   make_step: Callable            # (tx, schedule) -> step(state, batch, rng) -> (state, metrics)
   evaluate: Callable | None      # (params, step) -> {name: float}
   best_metric: str | None        # the evaluate() key whose maximum marks the best checkpoint
-  tokens_per_step: int
-  flops_per_token: float
+  batch_cost: Callable            # this process's batch -> (tokens computed, padding included; training FLOPs)
   tokenizer_dir: str
   describe: str
+  prepare_batch: Callable = lambda local: local   # this process's batch -> what goes into global_batch
 
 
 def _total_steps(config, steps_per_epoch: int) -> int:
@@ -75,10 +76,16 @@ def mlm_stage(config: ml_collections.ConfigDict, model, mesh) -> Stage:
       data_iter=iter(loader), total_steps=_total_steps(config, steps_per_epoch), steps_per_epoch=steps_per_epoch,
       init_params=init_params, make_step=make_step,
       evaluate=_mlm_evaluator(config, data_dir, manifest, model, mesh) if has_val else None, best_metric=None,
-      tokens_per_step=config.data.global_batch_size * seq_len,
-      flops_per_token=metrics_lib.train_flops_per_token(model.cfg, seq_len, config.mlm.mask_rate),
+      batch_cost=_mlm_cost(metrics_lib.train_flops_per_token(model.cfg, seq_len, config.mlm.mask_rate)),
       tokenizer_dir=manifest["tokenizer"]["path"],
       describe=f"MLM on {data_dir}: {records_n} sequences of <= {seq_len} tokens, {steps_per_epoch} steps/epoch")
+
+
+def _mlm_cost(flops_per_token: float) -> Callable:
+  def cost(local):
+    tokens = local["input_ids"].size
+    return tokens, tokens * flops_per_token
+  return cost
 
 
 def _resolve_shards(config) -> str:
@@ -127,7 +134,7 @@ def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: s
   data_iter, counts = pair_pipeline.make_pair_loader(
       sources, tokenizer_dir=tokenizer_dir, max_length=config.data.max_length,
       global_batch_size=config.data.global_batch_size, seed=config.seed, worker_count=config.data.worker_count,
-      hard_negatives=config.contrastive.hard_negatives)
+      hard_negatives=config.contrastive.hard_negatives, length_buckets=config.data.get("length_buckets", ()))
   steps_per_epoch = max(sum(counts.values()) // config.data.global_batch_size, 1)
   special = _special_ids(tokenizer_dir)
   length = config.data.max_length
@@ -140,17 +147,22 @@ def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: s
     return contrastive.make_contrastive_step(model, tx, schedule, cfg=config.contrastive, pooling=config.pooling,
                                              special_ids=special)
 
-  groups = 3 if config.contrastive.hard_negatives else 2
-  # Forward+backward of every text, plus the GradCache re-embedding pass (one more forward).
-  flops = metrics_lib.train_flops_per_token(model.cfg, length, 0.0) * (4 / 3 if config.contrastive.grad_cache_chunks
-                                                                       > 1 else 1)
+  # Forward+backward of every text, plus the GradCache re-embedding pass (one more forward); each text group at
+  # the length it was padded to this step.
+  recompute = 4 / 3 if config.contrastive.grad_cache_chunks > 1 else 1.0
+
+  def batch_cost(local):
+    shapes = [v.shape for k, v in local.items() if k.endswith("_ids")]
+    tokens = sum(b * l for b, l in shapes)
+    return tokens, sum(b * l * metrics_lib.train_flops_per_token(model.cfg, l, 0.0) * recompute for b, l in shapes)
+
   evaluate = _contrastive_validator(config, model, tokenizer_dir, workdir) if config.validation.sets else None
   return Stage(
       data_iter=data_iter, total_steps=_total_steps(config, steps_per_epoch), steps_per_epoch=steps_per_epoch,
       init_params=init_params, make_step=make_step, evaluate=evaluate,
       best_metric="val_mean" if evaluate else None,
-      tokens_per_step=config.data.global_batch_size * length * groups, flops_per_token=flops,
-      tokenizer_dir=tokenizer_dir,
+      batch_cost=batch_cost, tokenizer_dir=tokenizer_dir,
+      prepare_batch=functools.partial(pair_pipeline.pad_to_common_length, pad_id=special["pad"]),
       describe=f"contrastive on {', '.join(f'{k} ({v} pairs)' for k, v in counts.items())}: "
                f"{steps_per_epoch} steps/epoch")
 

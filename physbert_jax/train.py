@@ -61,8 +61,30 @@ def _diff(a, b, prefix="") -> list[str]:
   return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
+ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size")
+
+
+def check_init_architecture(config: ml_collections.ConfigDict) -> None:
+  """config.init_from must hold the architecture config.model describes; name every field that differs."""
+  path = os.path.join(config.init_from, "config.json")
+  if not os.path.exists(path):
+    return                                   # restore_params names what is missing
+  with open(path) as f:
+    theirs = json.load(f).get("model", {})
+  diff = [f"{k}: {theirs[k]} there, {config.model[k]} here" for k in ARCHITECTURE_KEYS
+          if k in theirs and theirs[k] != config.model[k]]
+  if diff:
+    fix = " ".join(f"--config.model.{k}={theirs[k]}" for k in ARCHITECTURE_KEYS if k in theirs and
+                   theirs[k] != config.model[k])
+    raise ValueError(f"config.init_from={config.init_from} is another architecture ({'; '.join(diff)}); "
+                     f"set config.model to match, e.g. {fix}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_workdir_config(workdir, config)
+  if config.init_from:
+    check_init_architecture(config)
 
   # ---- Mesh ------------------------------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
@@ -111,32 +133,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     kill_after = int(os.environ.get(_KILL_AFTER_SAVE_ENV, "-1"))
     pending: list[tuple[int, dict]] = []
     last = {}
-    t_last, steps_timed = None, 0
+    t_last, steps_timed, cost = None, 0, np.zeros(2)
+    shapes_seen = set()
     step = start
     while step < total_steps:
-      batch = sharding.global_batch(next(stage.data_iter), mesh)
+      local = stage.prepare_batch(next(stage.data_iter))
+      shape = tuple(sorted((k, v.shape) for k, v in local.items()))
+      if shape not in shapes_seen:           # length-bucketed pair batches: one compilation per new shape
+        if shapes_seen:
+          log(f"step {step + 1}: new batch shape {dict(shape)}, compiling")
+        shapes_seen.add(shape)
+      batch = sharding.global_batch(local, mesh)
       state, step_metrics = train_step(state, batch, train_rng)
       step += 1
       pending.append((step, step_metrics))
       if t_last is None:                     # the first step compiles: time from the end of it
         jax.block_until_ready(step_metrics)
         last, pending = _flush(pending, writer, {}), []
-        t_last, steps_timed = time.time(), 0
+        t_last, steps_timed, cost = time.time(), 0, np.zeros(2)
       else:
         steps_timed += 1
+        cost += stage.batch_cost(local)
       stop = preempted["flag"]
       evaluate_now = stage.evaluate is not None and (step % eval_every == 0 or step == total_steps)
       save_now = step % config.checkpoint.every_steps == 0 or step == total_steps or stop or (
           evaluate_now and stage.best_metric is not None)   # a candidate for "best" must exist on disk
       if pending and (step % config.log_every == 0 or save_now):
         jax.block_until_ready(step_metrics)
-        dt = (time.time() - t_last) / max(steps_timed, 1)
-        speed = {"step_time_s": dt, "tokens_per_s": stage.tokens_per_step / dt}
+        elapsed = time.time() - t_last
+        tokens, flops = cost * jax.process_count() / max(elapsed, 1e-9)     # every process's batch, per second
+        speed = {"step_time_s": elapsed / max(steps_timed, 1), "tokens_per_s": tokens,
+                 "examples_per_s": config.data.global_batch_size * steps_timed / max(elapsed, 1e-9)}
         if peak:
-          speed["mfu"] = stage.flops_per_token * speed["tokens_per_s"] / (peak * jax.device_count())
+          speed["mfu"] = flops / (peak * jax.device_count())
         last, pending = _flush(pending, writer, speed), []
         progress(step, last)
-        t_last, steps_timed = time.time(), 0
+        t_last, steps_timed, cost = time.time(), 0, np.zeros(2)
       eval_metrics = None
       if evaluate_now:
         eval_metrics = stage.evaluate(state.params, step)

