@@ -2,10 +2,10 @@
 
   python -m physbert_jax.train --config configs/contrastive.py:base --workdir runs/contrastive   # from runs/mlm512
   python -m physbert_jax.train --config configs/contrastive.py:tiny --workdir runs/contrastive-tiny  # CPU, minutes
-  python -m physbert_jax.train --config configs/contrastive.py:minilm --workdir runs/minilm-cat     # from runs/minilm
+  python -m physbert_jax.train --config configs/contrastive.py:minilm --workdir runs/minilm-ft      # from runs/minilm
 
 `minilm` fine-tunes an existing sentence encoder (all-MiniLM-L6-v2, imported with
-`python -m physbert_jax.convert from-hf --hf <folder> --out runs/minilm`) on the category pairs: the recipe for
+`python -m physbert_jax.convert from-hf --hf <folder> --out runs/minilm`) on category + citation pairs: the recipe for
 adapting any BERT-family model to physics without pre-training one.
 
 Pairs come from `python -m data_prep.pairs {category,citation,synthetic-qa}`; validation sets from
@@ -87,7 +87,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # all-MiniLM-L6-v2's architecture; the weights come from init_from. CPU: ~6 s per step at batch 32.
     c.model.update(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536,
                    max_position_embeddings=512, dtype="float32", hidden_dropout=0.1, attention_dropout=0.0)
-    c.data.sources = [{"path": "data/pairs/category", "weight": 1.0}]
+    c.data.sources = [                          # the paper's 0.4 / 0.2 mix without the (LLM-made) QA pairs: topic
+        {"path": "data/pairs/category", "weight": 2.0},    # similarity from categories, specificity from citations;
+        {"path": "data/pairs/citation", "weight": 1.0},    # category pairs alone trade citation/retrieval for
+    ]                                                      # clustering (docs/LOG.md, 2026-11-29)
     c.data.max_length = 128                     # what the model was trained with
     c.data.global_batch_size = 32
     c.data.worker_count = 0

@@ -1,6 +1,5 @@
 """Reference test: our Flax BERT against transformers.BertForMaskedLM with the same (random) weights."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
