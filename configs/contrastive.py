@@ -32,6 +32,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       {"path": "data/pairs/citation", "weight": 0.2},
       {"path": "data/pairs/qa", "weight": 0.4},
   ]
+  c.data.one_source_per_batch = True           # each batch from one pair set, by weight (sentence-transformers'
+                                                # default); False mixes the sets within every batch
   c.data.tokenizer = ""                         # "": init_from's workdir/tokenizer
   c.data.max_length = 256                       # abstracts and 1,000-char chunks fit; titles are far shorter
   c.data.length_buckets = (32, 64, 128)         # each text group padded to the smallest bucket (or max_length)

@@ -133,11 +133,16 @@ def pad_to_common_length(local: dict[str, np.ndarray], gather: Callable[[np.ndar
 
 def make_pair_loader(sources: list[dict], *, tokenizer_dir: str, max_length: int, global_batch_size: int,
                      seed: int, worker_count: int = 0, hard_negatives: bool = False,
-                     length_buckets: Sequence[int] = (), process_index: int | None = None,
-                     process_count: int | None = None):
+                     length_buckets: Sequence[int] = (), one_source_per_batch: bool = True,
+                     process_index: int | None = None, process_count: int | None = None):
   """An infinite, checkpointable iterator of per-process pair batches, and the per-source record counts.
 
   sources: [{"path": pair shard dir, "weight": float}, ...]. length_buckets: see bucket_lengths().
+  one_source_per_batch: every batch is drawn from one source, sources chosen by weight, as sentence-transformers'
+  default PROPORTIONAL multi-dataset sampler does: the in-batch negatives are of the same kind as the positive (a
+  title is not told apart from abstracts by its length), and short-text batches get short buckets. The choice is
+  a deterministic function of the step, so every process draws from the same source. False: pairs are mixed
+  within each batch.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -158,10 +163,15 @@ def make_pair_loader(sources: list[dict], *, tokenizer_dir: str, max_length: int
           .repeat(None))                                        # reshuffled every epoch
     datasets.append(ds)
     weights.append(float(src["weight"]))
-  mixed = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
-  mixed = mixed.map(TokenizePair(tokenizer_path, max_length, hard_negatives))
+  tokenize = TokenizePair(tokenizer_path, max_length, hard_negatives)
   pad = PadToBucket(bucket_lengths(max_length, length_buckets), pad_id)
-  ds = mixed.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=pad).to_iter_dataset()
+  batch = lambda d: d.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=pad)
+  if one_source_per_batch:
+    batched = [batch(d.map(tokenize)) for d in datasets]
+    mixed = grain.MapDataset.mix(batched, weights) if len(batched) > 1 else batched[0]
+  else:
+    mixed = batch((grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]).map(tokenize))
+  ds = mixed.to_iter_dataset()
   if worker_count:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()

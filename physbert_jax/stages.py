@@ -134,7 +134,8 @@ def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: s
   data_iter, counts = pair_pipeline.make_pair_loader(
       sources, tokenizer_dir=tokenizer_dir, max_length=config.data.max_length,
       global_batch_size=config.data.global_batch_size, seed=config.seed, worker_count=config.data.worker_count,
-      hard_negatives=config.contrastive.hard_negatives, length_buckets=config.data.get("length_buckets", ()))
+      hard_negatives=config.contrastive.hard_negatives, length_buckets=config.data.get("length_buckets", ()),
+      one_source_per_batch=config.data.get("one_source_per_batch", True))
   steps_per_epoch = max(sum(counts.values()) // config.data.global_batch_size, 1)
   special = _special_ids(tokenizer_dir)
   length = config.data.max_length

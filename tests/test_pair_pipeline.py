@@ -81,20 +81,25 @@ def test_each_group_padded_to_its_bucket_and_equal_to_hf_tokenizer(minilm, tmp_p
   assert max(shapes) < 128                                 # short anchors never padded to max_length
 
 
-def test_sources_mixed_by_weight_and_state_resumes(minilm, tmp_path):
+@pytest.mark.parametrize("one_source_per_batch", [True, False])
+def test_sources_mixed_by_weight_and_state_resumes(minilm, tmp_path, one_source_per_batch):
+  from tokenizers import Tokenizer
   a = _write(tmp_path / "a", _demo_pairs("alpha"))
   b = _write(tmp_path / "b", _demo_pairs("beta"))
-  kw = dict(tokenizer_dir=minilm, max_length=64, global_batch_size=8, seed=3, length_buckets=(16, 32))
-  it, _ = pair_pipeline.make_pair_loader([{"path": a, "weight": 3.0}, {"path": b, "weight": 1.0}], **kw)
-  from tokenizers import Tokenizer
+  kw = dict(tokenizer_dir=minilm, max_length=64, global_batch_size=8, seed=3, length_buckets=(16, 32),
+            one_source_per_batch=one_source_per_batch)
+  srcs = [{"path": a, "weight": 3.0}, {"path": b, "weight": 1.0}]
+  it, _ = pair_pipeline.make_pair_loader(srcs, **kw)
   alpha = Tokenizer.from_file(os.path.join(minilm, "tokenizer.json")).token_to_id("alpha")   # source a's anchors
   assert alpha is not None                                                                     # start with it
-  first = [next(it) for _ in range(25)]
-  share = np.mean([row[1] == alpha for x in first for row in x["anchor_ids"]])
-  assert abs(share - 0.75) < 0.03, share
+  first = [next(it) for _ in range(40)]
+  from_a = np.array([[row[1] == alpha for row in x["anchor_ids"]] for x in first])           # (batches, rows)
+  assert abs(from_a.mean() - 0.75) < 0.03, from_a.mean()
+  one_source = (from_a.all(axis=1) | ~from_a.any(axis=1)).all()
+  assert one_source == one_source_per_batch                  # whole batches from one set, or sets mixed in each
   state = it.get_state()
   expected = [next(it) for _ in range(3)]
-  it2, _ = pair_pipeline.make_pair_loader([{"path": a, "weight": 3.0}, {"path": b, "weight": 1.0}], **kw)
+  it2, _ = pair_pipeline.make_pair_loader(srcs, **kw)
   it2.set_state(state)
   for x, y in zip(expected, [next(it2) for _ in range(3)]):
     assert x.keys() == y.keys()
