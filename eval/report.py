@@ -76,7 +76,7 @@ def table_rows(report: dict, columns) -> list[list[str]]:
 
 def markdown(report: dict) -> str:
   ran = report["tasks"]
-  lines = [f"# PhysBERT benchmark report", ""]
+  lines = ["# PhysBERT benchmark report", ""]
   for title, group in (("Table 1: physics tasks", MAIN_TASKS), ("Subdomain clustering", SUB_TASKS)):
     columns = [t for t in group if t in ran]
     if not columns:
@@ -99,7 +99,7 @@ def markdown(report: dict) -> str:
   s = report["sets"]
   lines += ["", "## Provenance", "",
             f"- sets: `{s['dir']}` (seed {s.get('seed')}, manifest sha256 {s.get('manifest_sha256')})",
-            f"- sizes: " + ", ".join(f"{k} {v}" for k, v in s.get("sizes", {}).items())]
+            "- sizes: " + ", ".join(f"{k} {v}" for k, v in s.get("sizes", {}).items())]
   for name, src in s.get("sources", {}).items():
     for item in (src if isinstance(src, list) else [src]):
       lines.append(f"- source {name}: `{item['path']}` sha256 {item['sha256'][:16]}…")

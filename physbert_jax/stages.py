@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ class Stage:
   tokenizer_dir: str
   describe: str
   prepare_batch: Callable = lambda local: local   # this process's batch -> what goes into global_batch
+  encoder_settings: dict | None = None  # workdir/encoder.json: how the validator encoded, so exports and eval agree
 
 
 def _total_steps(config, steps_per_epoch: int) -> int:
@@ -157,13 +159,16 @@ def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: s
     tokens = sum(b * l for b, l in shapes)
     return tokens, sum(b * l * metrics_lib.train_flops_per_token(model.cfg, l, 0.0) * recompute for b, l in shapes)
 
-  evaluate = _contrastive_validator(config, model, tokenizer_dir, workdir) if config.validation.sets else None
+  settings = encoder_settings(config)
+  evaluate = (_contrastive_validator(config, model, tokenizer_dir, workdir, settings) if config.validation.sets
+              else None)
   return Stage(
       data_iter=data_iter, total_steps=_total_steps(config, steps_per_epoch), steps_per_epoch=steps_per_epoch,
       init_params=init_params, make_step=make_step, evaluate=evaluate,
       best_metric="val_mean" if evaluate else None,
       batch_cost=batch_cost, tokenizer_dir=tokenizer_dir,
       prepare_batch=functools.partial(pair_pipeline.pad_to_common_length, pad_id=special["pad"]),
+      encoder_settings=settings,
       describe=f"contrastive on {', '.join(f'{k} ({v} pairs)' for k, v in counts.items())}: "
                f"{steps_per_epoch} steps/epoch")
 
@@ -178,7 +183,21 @@ def _special_ids(tokenizer_dir: str) -> dict[str, int]:
   return ids
 
 
-def _contrastive_validator(config, model, tokenizer_dir: str, workdir: str):
+def encoder_settings(config) -> dict:
+  """How the contrastive run's embeddings are meant to be computed: at the length it trained on, normalised and
+  lowercased as the model it started from declares (an imported sentence-transformers folder's encoder.json).
+  The validator encodes with these and the trainer writes them to workdir/encoder.json, which Encoder.load,
+  eval.run and `convert to-hf` read: the best checkpoint's numbers are reproducible outside the run."""
+  init = {}
+  path = os.path.join(config.init_from, "encoder.json") if config.init_from else ""
+  if path and os.path.exists(path):
+    with open(path) as f:
+      init = json.load(f)
+  return {"max_length": int(config.data.max_length), "normalize": bool(init.get("normalize", False)),
+          "lowercase": bool(init.get("lowercase", False))}
+
+
+def _contrastive_validator(config, model, tokenizer_dir: str, workdir: str, settings: dict):
   """The eval suite's tasks (clustering V-measure, citation accuracy, retrieval nDCG@10) on config.validation.sets,
   through the same Encoder the benchmark uses; `val_mean` is their mean, the paper's checkpoint criterion."""
   from eval import tasks as eval_tasks
@@ -189,10 +208,11 @@ def _contrastive_validator(config, model, tokenizer_dir: str, workdir: str):
 
   def evaluate(params, step):
     weights = convert.Weights(
-        cfg=model.cfg, params=jax.device_get(params), pooling=config.pooling, max_length=config.data.max_length,
-        normalize=False, lowercase=False, tokenizer_dir=tokenizer_dir, source=workdir, step=step)
+        cfg=model.cfg, params=jax.device_get(params), pooling=config.pooling, max_length=settings["max_length"],
+        normalize=settings["normalize"], lowercase=settings["lowercase"], tokenizer_dir=tokenizer_dir,
+        source=workdir, step=step)
     encoder = Encoder(weights, name=f"{os.path.basename(os.path.abspath(workdir))}@{step}", dtype="float32",
-                      max_length=config.data.max_length)
+                      max_length=settings["max_length"])
     cache = tempfile.mkdtemp(prefix="physbert-val-")   # embeddings of one step are never reused
     try:
       ctx = eval_tasks.Context(sets_dir=config.validation.sets, cache_dir=cache, seed=config.seed,

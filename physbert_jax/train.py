@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from physbert_jax import checkpointing, grid, metrics as metrics_lib, optimizer, sharding, stages, steps
+from physbert_jax import checkpointing, grid, metrics as metrics_lib, optimizer, records, sharding, stages, steps
 from physbert_jax.model import Bert, BertConfig, count_params
 
 FLAGS = flags.FLAGS
@@ -97,6 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stage = stages.build(config, model, mesh, workdir)
     stages.check_tokenizer_fits(model.cfg, stage.tokenizer_dir)
     copy_tokenizer(stage.tokenizer_dir, workdir)
+    if stage.encoder_settings and jax.process_index() == 0:
+      records.write_json_atomic(os.path.join(workdir, "encoder.json"), stage.encoder_settings)
     total_steps = stage.total_steps
     tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
     state_sharding, abstract_state, init_state, new_state = steps.sharded_state_fns(stage.init_params, tx, mesh,

@@ -169,3 +169,8 @@ def test_contrastive_kill_and_resume_equals_straight_run(tmp_path):
   np.testing.assert_allclose([resumed[s] for s in range(1, 11)], [straight[s] for s in range(1, 11)], rtol=1e-6)
   rows = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
   assert any("examples_per_s" in r and r["tokens_per_s"] > 0 for r in rows)
+  # The workdir declares how it was trained and validated: exports and eval.run encode the same way.
+  assert json.loads((tmp_path / "straight" / "encoder.json").read_text()) == {
+      "max_length": 64, "normalize": False, "lowercase": False}
+  from physbert_jax import convert
+  assert convert.load(str(tmp_path / "straight")).max_length == 64
