@@ -45,6 +45,7 @@ from typing import Iterator
 
 from data_prep import stage, taxonomy
 from data_prep.corpus_io import Skipped, read_lines
+from physbert_jax import outputs
 
 REQUIRED = ("id", "categories", "abstract")  # What later stages read; other snapshot keys are passed through.
 PAPERS = "papers"
@@ -149,8 +150,11 @@ def filter_part(snapshot: str, out_dir: str, index: int, count: int, quiet: bool
   return {"counts": counts, "skipped": skipped, "outputs": [os.path.basename(out)]}
 
 
-def class_stats(counts: dict, threshold: int) -> dict:
-  """stats.json from the merged counts: the threshold, kept and dropped classes, category counts."""
+def class_stats(counts: dict, threshold: int | None) -> dict:
+  """stats.json from the merged counts: the threshold, kept and dropped classes, category counts. A None threshold
+  is the paper's 5,000 scaled to the physics papers counted (taxonomy.scaled)."""
+  if threshold is None:
+    threshold = taxonomy.scaled(taxonomy.MIN_CLASS_PAPERS, counts["physics_papers"])
   categories: collections.Counter[str] = collections.Counter()
   classes: collections.Counter[str] = collections.Counter()
   for raw, n in counts["primary_counts"].items():
@@ -171,9 +175,13 @@ def class_stats(counts: dict, threshold: int) -> dict:
   }
 
 
-def merge(out_dir: str, count: int, threshold: int) -> dict:
+def merge(out_dir: str, count: int, threshold: int | None) -> dict:
   report = stage.merge_reports(out_dir, count, "arxiv_metadata")
+  if not report["counts"].get("physics_papers"):
+    raise ValueError(f"{out_dir}: no physics paper in the snapshot ({report['counts'].get('papers_read', 0):,} "
+                     f"records read; {stage.skipped_summary(report['skipped'], 3)}); check --snapshot")
   stats = class_stats(report["counts"], threshold)
+  threshold = stats["threshold"]
   stage.write_json(os.path.join(out_dir, "stats.json"), stats)
   print(stage.summary_line("arxiv_metadata", report))
   print(stage.skipped_summary(report["skipped"]))
@@ -214,19 +222,21 @@ def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--snapshot", required=True, help="arxiv-metadata-oai-snapshot.json(.gz), one JSON object a line")
   p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--min-class-papers", type=int, default=taxonomy.MIN_CLASS_PAPERS,
-                 help="classes with fewer papers are dropped from the labelling (PhysBERT: 5000 -> 21 classes)")
+  p.add_argument("--min-class-papers", type=int, default=None,
+                 help="classes with fewer papers are dropped from the labelling (default: the paper's 5000 on "
+                      "~1.2M papers, scaled to the physics papers read; 5000 -> the paper's 21 classes)")
   stage.add_shard_flags(p)
   args = p.parse_args(argv)
-  count, indices = stage.resolve_shards(args.num_shards, args.shard_index)
-  if not args.merge:
-    if not os.path.isfile(args.snapshot):
-      raise SystemExit(f"--snapshot {args.snapshot}: no such file")
-    settings = {"snapshot": os.path.basename(args.snapshot), "size": os.path.getsize(args.snapshot)}
-    stage.run_parts("arxiv_metadata", args.out, settings, count, indices,
-                    lambda k, n: filter_part(args.snapshot, args.out, k, n, args.quiet), force=args.force)
-  if args.merge or len(indices) == count:
-    merge(args.out, count, args.min_class_papers)
+  with outputs.user_errors():
+    count, indices = stage.resolve_shards(args.num_shards, args.shard_index)
+    if not args.merge:
+      if not os.path.isfile(args.snapshot):
+        raise SystemExit(f"error: --snapshot {args.snapshot}: no such file")
+      settings = {"snapshot": os.path.basename(args.snapshot), "size": os.path.getsize(args.snapshot)}
+      stage.run_parts("arxiv_metadata", args.out, settings, count, indices,
+                      lambda k, n: filter_part(args.snapshot, args.out, k, n, args.quiet), force=args.force)
+    if args.merge or len(indices) == count:
+      merge(args.out, count, args.min_class_papers)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Iterator
 
 from data_prep import arxiv_metadata, stage
 from data_prep.corpus_io import Skipped
+from physbert_jax import outputs
 
 CORPUS = "corpus"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\ufeff]")  # Keeps \t and \n for the next step.
@@ -148,4 +149,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with outputs.user_errors():   # bad input or a full disk: one line naming the file, not a traceback
+    main()

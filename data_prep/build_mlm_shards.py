@@ -43,7 +43,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from data_prep import corpus_io, stage
-from physbert_jax import records
+from physbert_jax import outputs, records
 
 SPECIAL_NAMES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 BATCH_DOCS = 512  # Documents per encode_batch call: enough to keep the Rust thread pool busy.
@@ -117,12 +117,21 @@ def special_ids(tok: Tokenizer, tokenizer_json: str) -> dict[str, int]:
   return ids
 
 
+STAGE = "build_mlm_shards"   # the output marker (physbert_jax.outputs)
+
+
 def _load_tokenizer(tokenizer_dir: str) -> tuple[Tokenizer, dict]:
   """The tokenizer, and the manifest fields that describe it."""
   tokenizer_json = os.path.join(tokenizer_dir, "tokenizer.json")
+  if not os.path.isfile(tokenizer_json):
+    raise FileNotFoundError(f"--tokenizer {tokenizer_dir}: no tokenizer.json there; build one with "
+                            f"`python -m data_prep.train_tokenizer --corpus ... --out {tokenizer_dir}`")
   with open(tokenizer_json, "rb") as f:
     tokenizer_bytes = f.read()
-  tok = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
+  try:
+    tok = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
+  except Exception as e:   # the Rust parser raises a bare Exception for any damage
+    raise ValueError(f"{tokenizer_json}: not a tokenizers JSON file ({e}); rebuild it with data_prep.train_tokenizer")
   vocab_size = tok.get_vocab_size(with_added_tokens=True)
   return tok, {
       "dtype": records.token_dtype(vocab_size).str,
@@ -157,7 +166,7 @@ def _pack(docs: Iterator[tuple[str, str]], tok: Tokenizer, splits: dict, validat
 
 
 def build_mlm_shards(paths: Iterable[str], tokenizer_dir: str, seq_len: int, out_dir: str, num_shards: int = 4,
-                     validation_fraction: float = 0.0, verbose: bool = True) -> dict:
+                     validation_fraction: float = 0.0, verbose: bool = True, overwrite: bool = False) -> dict:
   """Build the shard directory `out_dir` in one process; return its manifest. The summary also goes to
   `out_dir`/report.json."""
   start = time.time()
@@ -166,32 +175,32 @@ def build_mlm_shards(paths: Iterable[str], tokenizer_dir: str, seq_len: int, out
   tok, described = _load_tokenizer(tokenizer_dir)
   ids, dtype = described["special_ids"], np.dtype(described["dtype"])
 
-  tmp = corpus_io.staging_dir(out_dir)
-  make = lambda split, n: _SplitWriter(tmp, split, n, seq_len, ids["cls"], ids["sep"], dtype)
-  splits = {"train": make("train", num_shards)}
-  if validation_fraction > 0:
-    splits["validation"] = make("validation", 1)
+  corpus_io.expand_paths(paths)   # a wrong --corpus fails before anything is written
+  with outputs.staged(out_dir, STAGE, overwrite) as tmp:
+    make = lambda split, n: _SplitWriter(tmp, split, n, seq_len, ids["cls"], ids["sep"], dtype)
+    splits = {"train": make("train", num_shards)}
+    if validation_fraction > 0:
+      splits["validation"] = make("validation", 1)
 
-  skipped = corpus_io.Skipped()
-  _pack(corpus_io.iter_documents(paths, skipped), tok, splits, validation_fraction, skipped, verbose)
+    skipped = corpus_io.Skipped()
+    _pack(corpus_io.iter_documents(paths, skipped), tok, splits, validation_fraction, skipped, verbose)
 
-  documents = {name: w.documents for name, w in splits.items()}
-  if not sum(documents.values()):
-    raise ValueError(f"no documents found in {paths}; {skipped.summary()}")
-  manifest = {"format": records.FORMAT, "seq_len": seq_len, **described,
-              "splits": {name: w.close() for name, w in splits.items()}}
-  # Deterministic contents only (no timings; corpus paths as given), so that a rebuild is byte-identical.
-  report = {
-      "corpus": paths,
-      "settings": _settings(paths, described, seq_len, num_shards, validation_fraction),
-      "documents": documents,
-      "skipped": skipped.to_json(),
-      "records": {name: s["records"] for name, s in manifest["splits"].items()},
-      "tokens": {name: s["tokens"] for name, s in manifest["splits"].items()},
-  }
-  records.write_json_atomic(os.path.join(tmp, "report.json"), report)
-  records.write_json_atomic(os.path.join(tmp, records.MANIFEST), manifest)
-  corpus_io.publish_dir(tmp, out_dir)
+    documents = {name: w.documents for name, w in splits.items()}
+    if not sum(documents.values()):
+      raise ValueError(f"no documents found in {paths}; {skipped.summary()}")
+    manifest = {"format": records.FORMAT, "seq_len": seq_len, **described,
+                "splits": {name: w.close() for name, w in splits.items()}}
+    # Deterministic contents only (no timings; corpus paths as given), so that a rebuild is byte-identical.
+    report = {
+        "corpus": paths,
+        "settings": _settings(paths, described, seq_len, num_shards, validation_fraction),
+        "documents": documents,
+        "skipped": skipped.to_json(),
+        "records": {name: s["records"] for name, s in manifest["splits"].items()},
+        "tokens": {name: s["tokens"] for name, s in manifest["splits"].items()},
+    }
+    outputs.write_json(os.path.join(tmp, "report.json"), report, sort_keys=True)
+    outputs.write_json(os.path.join(tmp, records.MANIFEST), manifest, sort_keys=True)
   if verbose:
     for name, s in manifest["splits"].items():
       print(f"{name}: {documents[name]} docs -> {s['records']} records, {s['tokens']} tokens "
@@ -262,7 +271,7 @@ def merge_parts(out_dir: str, count: int, seq_len: int) -> dict:
   if "train" not in splits:
     raise ValueError(f"{out_dir}: no training records in any part; {stage.skipped_summary(report['skipped'])}")
   manifest = {"format": records.FORMAT, "seq_len": seq_len, **described, "splits": splits}
-  records.write_json_atomic(os.path.join(out_dir, records.MANIFEST), manifest)
+  outputs.write_json(os.path.join(out_dir, records.MANIFEST), manifest, sort_keys=True)
   print(stage.summary_line("build_mlm_shards", report))
   for name, s in splits.items():
     print(f"{name}: {report['counts']['documents'][name]:,} docs -> {s['records']:,} records, {s['tokens']:,} "
@@ -276,7 +285,9 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--corpus", nargs="+", required=True, help=".txt/.jsonl/.jsonl.gz files or directories")
   p.add_argument("--tokenizer", required=True, help="directory written by data_prep.train_tokenizer")
   p.add_argument("--seq-len", type=int, default=128, help="record length incl. [CLS]/[SEP]; PhysBERT: 128, 512")
-  p.add_argument("--out", required=True, help="output shard directory (replaced if it exists)")
+  p.add_argument("--out", required=True, help="output shard directory: new or empty, or an earlier shard build "
+                                              "(replaced with --overwrite or --force)")
+  p.add_argument("--overwrite", action="store_true", help="replace an earlier shard build in --out")
   p.add_argument("--num-shards", type=int, default=None,
                  help="train shards, more than hosts x workers reading (default 4; in an array: the task count)")
   p.add_argument("--shard-index", type=int, default=None,
@@ -285,16 +296,23 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--force", action="store_true", help="rebuild even if the output is complete")
   p.add_argument("--validation-fraction", type=float, default=0.0, help="share of documents held out, by id hash")
   args = p.parse_args(argv)
+  try:
+    _main(args)
+  except (ValueError, OSError) as e:   # OutputError, DiskFullError, missing inputs: the message is the fix
+    raise SystemExit(f"error: {e}") from None
+
+
+def _main(args) -> None:
   array_mode = args.shard_index is not None or args.merge or "SLURM_ARRAY_TASK_ID" in os.environ
   if not array_mode:
-    num_shards = args.num_shards or 4
+    num_shards = 4 if args.num_shards is None else args.num_shards
     _, described = _load_tokenizer(args.tokenizer)
     settings = _settings(args.corpus, described, args.seq_len, num_shards, args.validation_fraction)
     if not args.force and local_build_is_current(args.out, settings):
       print(f"{args.out} is complete and built with these settings; skipping (--force rebuilds)")
       return
     build_mlm_shards(args.corpus, args.tokenizer, args.seq_len, args.out, num_shards=num_shards,
-                     validation_fraction=args.validation_fraction)
+                     validation_fraction=args.validation_fraction, overwrite=args.overwrite or args.force)
     return
   count, indices = stage.resolve_shards(args.num_shards, args.shard_index)
   if not args.merge:

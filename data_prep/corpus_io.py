@@ -1,4 +1,4 @@
-"""Reading corpus documents, and publishing data_prep outputs so readers never see half of one.
+"""Reading corpus documents (outputs are published by physbert_jax.outputs).
 
 A corpus is any mix of:
 
@@ -21,8 +21,6 @@ import collections
 import gzip
 import json
 import os
-import shutil
-import tempfile
 import zlib
 from typing import Iterable, Iterator
 
@@ -145,32 +143,3 @@ def iter_documents(paths: Iterable[str], skipped: Skipped | None = None) -> Iter
       else:
         doc_id, text = None, line.strip()
       yield (doc_id if doc_id is not None else f"{name}:{lineno}"), text
-
-
-# --- Publishing outputs ----------------------------------------------------------------------------------------
-
-
-def staging_dir(out_dir: str) -> str:
-  """A fresh temp directory next to `out_dir` (same file system, so `publish_dir` is a rename)."""
-  out_dir = os.path.abspath(out_dir)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
-  os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the published directory is shared with other jobs and users.
-  return tmp
-
-
-def publish_dir(tmp_dir: str, out_dir: str) -> None:
-  """Move a finished `tmp_dir` to `out_dir`, replacing what was there.
-
-  A rename cannot replace a non-empty directory, so an old `out_dir` is first renamed aside: readers see the old
-  complete directory, briefly none, then the new complete one, never a mixture.
-  """
-  out_dir = os.path.abspath(out_dir)
-  old = None
-  if os.path.exists(out_dir):
-    old = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".{os.path.basename(out_dir)}.old-")
-    os.replace(out_dir, os.path.join(old, "d"))
-  os.replace(tmp_dir, out_dir)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)

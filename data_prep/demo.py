@@ -69,10 +69,11 @@ def ensure_demo_data(cache_dir: str, seq_len: int = 128, vocab_size: int = 4096)
     fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes, also if this process dies.
     # Check again: another process may have built it while we waited.
     if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
-      train_tokenizer([DEMO_CORPUS], vocab_size, tokenizer_dir, min_frequency=2, verbose=False)
+      train_tokenizer([DEMO_CORPUS], vocab_size, tokenizer_dir, min_frequency=2, verbose=False,
+                      overwrite=True)   # the demo cache is this function's own
     if not shards_complete(shard_dir, tokenizer_dir, seq_len):
       manifest = build_mlm_shards([DEMO_CORPUS], tokenizer_dir, seq_len, shard_dir, num_shards=NUM_SHARDS,
-                                  validation_fraction=VALIDATION_FRACTION, verbose=False)
+                                  validation_fraction=VALIDATION_FRACTION, verbose=False, overwrite=True)
       split_sizes = ", ".join(f"{k} {v['records']} records" for k, v in manifest["splits"].items())
       print(f"demo data: built {shard_dir} ({split_sizes})")
   return shard_dir

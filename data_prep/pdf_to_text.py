@@ -37,6 +37,7 @@ from typing import Callable, Iterator
 from data_prep import arxiv_metadata, nougat_markdown, stage
 from data_prep.build_corpus import own_records
 from data_prep.corpus_io import Skipped
+from physbert_jax import outputs
 
 TIMEOUT_S = 120  # Per paper, for opening and reading/rendering it; a normal 20-page paper takes < 5 s.
 MAX_PAGES = 50  # arXiv papers beyond 50 pages are mostly theses and proceedings; their first 50 pages are enough.
@@ -304,4 +305,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with outputs.user_errors():   # bad input or a full disk: one line naming the file, not a traceback
+    main()

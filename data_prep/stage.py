@@ -25,7 +25,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 import zlib
 from typing import Any, Iterator
@@ -33,6 +32,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from data_prep.corpus_io import Skipped
+from physbert_jax import outputs
 
 GZIP_LEVEL = 6  # zlib's default: ~4.5x on arXiv JSON; level 9 saves ~3% more and takes twice as long.
 
@@ -87,24 +87,7 @@ def progress(total: int | None, desc: str, unit: str, quiet: bool):
 # --- Atomic outputs --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-  """Yield a temp path next to `path`; rename it to `path` if the block succeeds, delete it if not.
-
-  The temp name starts with '.' and ends in '.tmp', so corpus readers (which match *.jsonl.gz) never see it.
-  """
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  os.close(fd)
-  try:
-    yield tmp
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; outputs are read by other users' jobs.
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
+atomic_path = outputs.atomic_path   # one implementation; kept under this name for the stages
 
 
 @contextlib.contextmanager
@@ -127,9 +110,7 @@ class _JsonLines:
 
 
 def write_json(path: str, obj: Any) -> None:
-  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
-    f.write("\n")
+  outputs.write_json(path, obj, sort_keys=True)
 
 
 def read_json(path: str) -> Any:
@@ -237,13 +218,24 @@ def skipped_summary(skipped_json: dict, show: int = 10) -> str:
 # --- The driver every stage's main() calls ---------------------------------------------------------------------
 
 
+def claim_part_dir(out_dir: str, stage: str) -> None:
+  """Make `out_dir` this stage's part folder, or refuse it: a folder holding anything this stage did not write
+  (its marker says whose), or a plain file, is never written into."""
+  outputs.check_out(out_dir, stage, overwrite=True)   # this stage's own parts are reused or redone, never others'
+  os.makedirs(out_dir, exist_ok=True)
+  if not os.path.exists(os.path.join(out_dir, outputs.MARKER)):
+    outputs.mark(out_dir, stage)
+
+
 def run_parts(stage: str, out_dir: str, settings: dict, num_shards: int, indices: list[int], run_part,
               force: bool = False) -> None:
   """Run `run_part(index, num_shards) -> {"counts", "skipped", "outputs"}` for each part not already done.
 
   The part's report (settings, counts, skipped with file/line/id, output file names) is written last, atomically:
-  it is the part's completion mark.
+  it is the part's completion mark. `out_dir` must be new, empty or this stage's own (its marker; the parts of an
+  array share it): anything else there is refused before any part runs (physbert_jax.outputs).
   """
+  claim_part_dir(out_dir, stage)
   for k in indices:
     if not force and part_is_done(out_dir, k, num_shards, settings):
       print(f"{stage}: part {k} of {num_shards} already done ({report_path(out_dir, k, num_shards)}); skipping")

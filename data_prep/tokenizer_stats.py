@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 
 from data_prep import corpus_io
 from data_prep.build_mlm_shards import validation_score
+from physbert_jax import outputs
 
 _WORD = re.compile(r"[^\W\d_]+")
 
@@ -75,4 +76,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with outputs.user_errors():   # bad input or a full disk: one line naming the file, not a traceback
+    main()

@@ -35,6 +35,7 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from data_prep import corpus_io
+from physbert_jax import outputs
 from data_prep.build_mlm_shards import validation_score
 
 # Order = id. The model, the collator and the manifest rely on these ids.
@@ -84,24 +85,29 @@ def _hf_files(tok: Tokenizer) -> dict[str, dict]:
   return {"tokenizer_config.json": config, "special_tokens_map.json": names}
 
 
-def save_tokenizer(tok: Tokenizer, out_dir: str) -> None:
+STAGE = "train_tokenizer"   # the output marker (physbert_jax.outputs)
+# The special tokens, the alphabet and the seeded ## pieces: a smaller --vocab-size still yields this many (an
+# earlier version wrote a 109-token tokenizer for --vocab-size 0 and exited 0).
+MIN_VOCAB = len(SPECIAL_TOKENS) + len(ALPHABET) + len(SEEDED_PIECES)
+
+
+def save_tokenizer(tok: Tokenizer, out_dir: str, overwrite: bool = False) -> None:
   """Write the four tokenizer files into `out_dir` via a staging directory, then rename."""
-  tmp = corpus_io.staging_dir(out_dir)
-  tok.save(os.path.join(tmp, "tokenizer.json"))
-  vocab = sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
-  assert [i for _, i in vocab] == list(range(len(vocab))), "vocabulary ids are not contiguous"
-  with open(os.path.join(tmp, "vocab.txt"), "w", encoding="utf-8") as f:
-    f.writelines(t + "\n" for t, _ in vocab)
-  for name, obj in _hf_files(tok).items():
-    with open(os.path.join(tmp, name), "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-  corpus_io.publish_dir(tmp, out_dir)
+  with outputs.staged(out_dir, STAGE, overwrite) as tmp:
+    tok.save(os.path.join(tmp, "tokenizer.json"))
+    vocab = sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+    assert [i for _, i in vocab] == list(range(len(vocab))), "vocabulary ids are not contiguous"
+    with open(os.path.join(tmp, "vocab.txt"), "w", encoding="utf-8") as f:
+      f.writelines(t + "\n" for t, _ in vocab)
+    for name, obj in _hf_files(tok).items():
+      with open(os.path.join(tmp, name), "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def train_tokenizer(paths: Iterable[str], vocab_size: int, out_dir: str, min_frequency: int = 2,
                     limit_docs: int | None = None, skipped: corpus_io.Skipped | None = None,
-                    verbose: bool = True, validation_fraction: float = 0.0) -> str:
+                    verbose: bool = True, validation_fraction: float = 0.0, overwrite: bool = False) -> str:
   """Train on the documents under `paths`, save to `out_dir`, return `out_dir`.
 
   Documents that build_mlm_shards holds out for validation (the same id hash, `validation_fraction`) are left out
@@ -109,6 +115,13 @@ def train_tokenizer(paths: Iterable[str], vocab_size: int, out_dir: str, min_fre
   """
   start = time.time()
   paths = list(paths)
+  if vocab_size < MIN_VOCAB:
+    raise ValueError(f"--vocab-size {vocab_size}: too small to hold the special tokens and the alphabet; use at "
+                     f"least {MIN_VOCAB} (PhysBERT: 30523)")
+  if not 0 <= validation_fraction < 1:
+    raise ValueError(f"--validation-fraction {validation_fraction}: must be in [0, 1)")
+  outputs.check_out(out_dir, STAGE, overwrite)     # before the hours of training, not after
+  corpus_io.expand_paths(paths)                    # a wrong --corpus fails now
   skipped = corpus_io.Skipped() if skipped is None else skipped
   docs = corpus_io.iter_documents(paths, skipped)
   if validation_fraction > 0:
@@ -139,7 +152,7 @@ def train_tokenizer(paths: Iterable[str], vocab_size: int, out_dir: str, min_fre
   for i, t in enumerate(SPECIAL_TOKENS):
     assert tok.token_to_id(t) == i, f"{t} has id {tok.token_to_id(t)}, expected {i}"
   _add_post_processor(tok)
-  save_tokenizer(tok, out_dir)
+  save_tokenizer(tok, out_dir, overwrite)
   if verbose:
     print(f"tokenizer: {num_docs} docs -> vocab {tok.get_vocab_size()} (asked {vocab_size}) in "
           f"{time.time() - start:.1f}s -> {out_dir}")
@@ -151,14 +164,20 @@ def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--corpus", nargs="+", required=True, help=".txt/.jsonl/.jsonl.gz files or directories")
   p.add_argument("--vocab-size", type=int, default=30523, help="30523 = bert-base-uncased's, as PhysBERT")
-  p.add_argument("--out", required=True, help="output directory (replaced if it exists)")
+  p.add_argument("--out", required=True, help="output directory (new or empty, or an earlier tokenizer with "
+                                              "--overwrite)")
+  p.add_argument("--overwrite", action="store_true", help="replace an earlier tokenizer in --out")
   p.add_argument("--min-frequency", type=int, default=2, help="pairs seen fewer times are not merged")
   p.add_argument("--limit-docs", type=int, default=None, help="train on the first N documents only")
   p.add_argument("--validation-fraction", type=float, default=0.0,
                  help="leave out the documents build_mlm_shards holds out (same id hash); use the same value")
   args = p.parse_args(argv)
-  train_tokenizer(args.corpus, args.vocab_size, args.out, min_frequency=args.min_frequency,
-                  limit_docs=args.limit_docs, validation_fraction=args.validation_fraction)
+  try:
+    train_tokenizer(args.corpus, args.vocab_size, args.out, min_frequency=args.min_frequency,
+                    limit_docs=args.limit_docs, validation_fraction=args.validation_fraction,
+                    overwrite=args.overwrite)
+  except (ValueError, OSError) as e:   # OutputError, DiskFullError, a missing corpus: the message is the fix
+    raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Iterator
 
 from data_prep import stage
 from data_prep.corpus_io import Skipped
+from physbert_jax import outputs
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+):([^}]*)\}\}")
 
@@ -134,4 +135,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with outputs.user_errors():   # bad input or a full disk: one line naming the file, not a traceback
+    main()

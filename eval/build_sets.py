@@ -18,12 +18,19 @@ are meant to be trained on, so they must not be evaluated on.
 
 Retrieval is a proxy until synthetic questions exist: query = a paper's title, corpus = the abstracts of all query
 papers, relevant = the query paper's own abstract.
+
+Clustering classes: by default every merged class with at least --clustering-per-class usable papers, i.e. every
+class the corpus supports, not only the classes the category pairs teach (those need the paper's 5,000 papers,
+scaled to the corpus). A set of the taught classes only cannot see a run that forgets the others: on the sample it
+picked a checkpoint that made MiniLM worse on held-out physics (docs/LOG.md, 2026-12-01). `--min-class-papers
+5000` builds the paper's 21-class layout on the full arXiv. `--clustering-years 2015-2019` draws each class's
+abstracts from those years first (other years fill a class that has too few), so clustering also measures papers
+from years the training pairs barely hold.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import re
@@ -31,7 +38,11 @@ import time
 
 import numpy as np
 
-from data_prep import taxonomy
+from data_prep import stage, taxonomy
+from data_prep.corpus_io import Skipped
+from data_prep.pairs import papers
+from data_prep.pairs.papers import read_exclude
+from physbert_jax import outputs
 from eval import citations, sets
 
 # The paper's sizes (Sec. 3.2 and 4).
@@ -39,6 +50,7 @@ PAPER_SIZES = {"clustering_per_class": 1000, "citation_pairs": 50_000, "retrieva
                "subdomain_eval_per_class": 1000, "subdomain_train_pairs_per_class": 10_000}
 # Withdrawal notices ("This paper has been withdrawn by the author...") are not abstracts. They are short.
 _WITHDRAWN = re.compile(r"\b(withdrawn|withdraw)\b", re.IGNORECASE)
+STAGE = "eval.build_sets"   # the output marker (physbert_jax.outputs)
 _SET_SEEDS = {"clustering": 1, "citation": 2, "retrieval": 3, "subdomain_eval": 4, "subdomain_train": 5}
 
 
@@ -51,29 +63,49 @@ def usable(title: str, abstract: str) -> bool:
   return bool(title) and len(abstract) >= 20 and not (len(abstract) < 400 and _WITHDRAWN.search(abstract))
 
 
-def _records(path: str):
-  with gzip.open(path, "rt", encoding="utf-8") as f:
-    for line in f:
-      yield json.loads(line)
+def _records(path: str, skipped: Skipped | None = None):
+  """Snapshot records from what data_prep.arxiv_metadata writes (a folder of papers-*.jsonl.gz) or any snapshot
+  file (.json/.jsonl, plain or gzip), with the data_prep readers' tolerance: a damaged line or a truncated gzip is
+  counted in `skipped` with file and line, never fatal. Records without an "id" are skipped too."""
+  skipped = Skipped() if skipped is None else skipped
+  for file in papers.meta_files([path]):
+    name = os.path.basename(file)
+    for lineno, rec in stage.iter_json_lines(file, skipped, name):
+      if not isinstance(rec.get("id"), str) or not rec["id"].strip():
+        skipped.add(name, lineno, "missing id")
+        continue
+      yield rec
 
 
-def scan_metadata(path: str) -> dict[str, str]:
-  """Pass 1: id -> normalised primary category, for usable physics papers. Texts are not kept (2M+ on arXiv)."""
+def v1_year(rec: dict) -> int | None:
+  """The year of a snapshot record's first version ("Sat, 31 Mar 2007 00:00:00 GMT"), or None."""
+  try:
+    return int(rec["versions"][0]["created"].split()[3])
+  except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+    return None
+
+
+def scan_metadata(path: str, years: dict[str, int | None] | None = None,
+                  skipped: Skipped | None = None) -> dict[str, str]:
+  """Pass 1: id -> normalised primary category, for usable physics papers. Texts are not kept (2M+ on arXiv).
+  `years`, when given, receives id -> v1 year; damaged lines go to `skipped`."""
   primaries = {}
-  for rec in _records(path):
+  for rec in _records(path, skipped):
     try:
       code = taxonomy.primary(rec.get("categories") or "")
     except ValueError:
       continue
     if taxonomy.is_physics(code) and usable(clean(rec.get("title") or ""), clean(rec.get("abstract") or "")):
       primaries[rec["id"]] = code
+      if years is not None:
+        years[rec["id"]] = v1_year(rec)
   return primaries
 
 
 def read_texts(path: str, ids: set[str]) -> dict[str, tuple[str, str]]:
   """Pass 2: (title, abstract) of the selected ids only."""
   texts = {}
-  for rec in _records(path):
+  for rec in _records(path, Skipped()):     # the damage was counted in pass 1
     if rec["id"] in ids:
       texts[rec["id"]] = (clean(rec["title"]), clean(rec["abstract"]))
   return texts
@@ -86,15 +118,49 @@ def _draw(candidates: list[str], n: int, rng: np.random.Generator) -> list[str]:
   return [candidates[i] for i in rng.choice(len(candidates), n, replace=False)]
 
 
+def _draw_preferring(candidates: list[str], preferred: set[str], n: int, rng: np.random.Generator) -> list[str]:
+  """n of candidates, those in `preferred` first; the rest drawn from the others only when too few are preferred."""
+  first = _draw([c for c in candidates if c in preferred], n, rng)
+  if len(first) >= n:
+    return first
+  return first + _draw([c for c in candidates if c not in preferred], n - len(first), rng)
+
+
+def parse_years(spec: str | None) -> tuple[int, int] | None:
+  """"2015-2019" or "2016" -> (first, last) inclusive; None or "" -> None."""
+  if not spec:
+    return None
+  first, _, last = spec.partition("-")
+  try:
+    lo, hi = int(first), int(last or first)
+  except ValueError:
+    raise ValueError(f"--clustering-years {spec!r}: expected YEAR or FIRST-LAST, e.g. 2015-2019") from None
+  if lo > hi:
+    raise ValueError(f"--clustering-years {spec!r}: the first year is after the last")
+  return lo, hi
+
+
 def _rng(seed: int, name: str) -> np.random.Generator:
   return np.random.default_rng([seed, _SET_SEEDS[name]])
 
 
-def build(metadata: str, citations_path: str | None, out: str, seed: int, min_class_papers: int,
-          sizes: dict[str, int], log=print) -> dict:
+def build(metadata: str, citations_path: str | None, out: str, seed: int, min_class_papers: int | None,
+          sizes: dict[str, int], log=print, clustering_years: tuple[int, int] | None = None,
+          exclude: set[str] = frozenset(), overwrite: bool = False) -> dict:
   t0 = time.time()
+  outputs.check_out(out, STAGE, overwrite)   # before minutes of reading, not after
   notes: list[str] = []
-  primaries = scan_metadata(metadata)
+  years: dict[str, int | None] = {}
+  skipped = Skipped()
+  primaries = scan_metadata(metadata, years, skipped)
+  if skipped.count:
+    log(skipped.summary(5))
+  if not primaries:
+    raise ValueError(f"--metadata {metadata}: no usable physics paper in it (records need id, categories with a "
+                     f"physics primary, title and abstract); {skipped.summary(3)}")
+  if exclude:
+    primaries = {p: c for p, c in primaries.items() if p not in exclude}
+    log(f"--exclude: {len(exclude):,} ids kept out of every set")
   log(f"{metadata}: {len(primaries):,} usable physics papers ({time.time() - t0:.0f}s)")
   by_class: dict[str, list[str]] = {}
   by_sub: dict[str, list[str]] = {}
@@ -103,17 +169,26 @@ def build(metadata: str, citations_path: str | None, out: str, seed: int, min_cl
     if taxonomy.subdomain(code):
       by_sub.setdefault(code, []).append(pid)
 
-  # Clustering: merged classes with enough papers (the paper's threshold is on the full arXiv).
+  # Clustering: every merged class the corpus supports at the requested size (the paper's 5,000-paper threshold is
+  # for the full arXiv; pass it to get the paper's 21 classes there).
+  if min_class_papers is None:
+    min_class_papers = sizes["clustering_per_class"]
   classes = sorted(c for c, ids in by_class.items() if len(ids) >= min_class_papers)
   log(f"clustering classes with >= {min_class_papers:,} papers: {len(classes)} "
-      f"(paper: 21 on the full arXiv): " + ", ".join(f"{c} {len(by_class[c]):,}" for c in classes))
+      f"(paper: 21 with >= 5,000 on the full arXiv): " + ", ".join(f"{c} {len(by_class[c]):,}" for c in classes))
   if not classes:
     raise ValueError(f"{metadata}: no merged class has >= {min_class_papers:,} papers; lower --min-class-papers")
   rng = _rng(seed, "clustering")
-  clustering = {c: _draw(by_class[c], sizes["clustering_per_class"], rng) for c in classes}
+  preferred = ({p for p, y in years.items() if y is not None and clustering_years[0] <= y <= clustering_years[1]}
+               if clustering_years else set())
+  clustering = {c: _draw_preferring(by_class[c], preferred, sizes["clustering_per_class"], rng) for c in classes}
+  clustering_in_years = {c: sum(p in preferred for p in ids) for c, ids in clustering.items()}
   for c, ids in clustering.items():
     if len(ids) < sizes["clustering_per_class"]:
       notes.append(f"clustering: {c} has {len(ids)} papers < {sizes['clustering_per_class']} requested")
+    if clustering_years and clustering_in_years[c] < len(ids):
+      notes.append(f"clustering: {c} has {clustering_in_years[c]} papers from {clustering_years[0]}-"
+                   f"{clustering_years[1]}; {len(ids) - clustering_in_years[c]} come from other years")
 
   # Retrieval (proxy): titles -> abstracts of the same papers.
   retrieval = _draw(list(primaries), sizes["retrieval_queries"], _rng(seed, "retrieval"))
@@ -156,63 +231,69 @@ def build(metadata: str, citations_path: str | None, out: str, seed: int, min_cl
   needed = set().union(*clustering.values(), retrieval, *sub_eval.values(), *sub_train.values())
   texts = read_texts(metadata, needed)
 
-  # Write.
-  os.makedirs(os.path.join(out, sets.TRAIN_DIR), exist_ok=True)
-  files = {}
+  # Write: into a staging folder published whole (physbert_jax.outputs), so a set from an earlier build is
+  # never mixed with this one (a citation set without --citations, say).
+  final_out = out
+  with outputs.staged(final_out, STAGE, overwrite) as out:
+    os.makedirs(os.path.join(out, sets.TRAIN_DIR), exist_ok=True)
+    files = {}
 
-  def write(name, rows):
-    path = os.path.join(out, name)
-    n = sets.write_rows(path, rows)
-    files[name] = {"rows": n, "sha256": sets.sha256_file(path)}
+    def write(name, rows):
+      path = os.path.join(out, name)
+      n = sets.write_rows(path, rows)
+      files[name] = {"rows": n, "sha256": sets.sha256_file(path)}
 
-  write(sets.CLUSTERING, ({"id": p, "text": texts[p][1], "label": c} for c in classes for p in clustering[c]))
-  if citation_rows:
-    write(sets.CITATION, citation_rows)
-  elif os.path.exists(os.path.join(out, sets.CITATION)):
-    os.remove(os.path.join(out, sets.CITATION))  # a stale set from an earlier build must not be evaluated
-  write(sets.RETRIEVAL_QUERIES, ({"id": p, "text": texts[p][0], "relevant": [p]} for p in retrieval))
-  write(sets.RETRIEVAL_CORPUS, ({"id": p, "text": texts[p][1]} for p in sorted(retrieval)))
-  for domain in sets.SUBDOMAINS:
-    codes = taxonomy.SUBDOMAINS[domain]
-    write(sets.subdomain_file(domain),
-          ({"id": p, "text": texts[p][1], "label": c} for c in codes for p in sub_eval[c]))
-    write(os.path.join(sets.TRAIN_DIR, sets.subdomain_file(domain)),
-          ({"id": p, "anchor": texts[p][0], "positive": texts[p][1], "label": c} for c in codes for p in sub_train[c]))
-  with open(os.path.join(out, sets.IDS), "w") as f:
-    f.writelines(p + "\n" for p in sorted(eval_ids))
-  train_ids = set().union(*sub_train.values())
-  assert not train_ids & eval_ids
-  with open(os.path.join(out, sets.TRAIN_DIR, sets.IDS), "w") as f:
-    f.writelines(p + "\n" for p in sorted(train_ids))
+    write(sets.CLUSTERING, ({"id": p, "text": texts[p][1], "label": c} for c in classes for p in clustering[c]))
+    if citation_rows:
+      write(sets.CITATION, citation_rows)
+    write(sets.RETRIEVAL_QUERIES, ({"id": p, "text": texts[p][0], "relevant": [p]} for p in retrieval))
+    write(sets.RETRIEVAL_CORPUS, ({"id": p, "text": texts[p][1]} for p in sorted(retrieval)))
+    for domain in sets.SUBDOMAINS:
+      codes = taxonomy.SUBDOMAINS[domain]
+      write(sets.subdomain_file(domain),
+            ({"id": p, "text": texts[p][1], "label": c} for c in codes for p in sub_eval[c]))
+      write(os.path.join(sets.TRAIN_DIR, sets.subdomain_file(domain)),
+            ({"id": p, "anchor": texts[p][0], "positive": texts[p][1], "label": c} for c in codes for p in sub_train[c]))
+    with open(os.path.join(out, sets.IDS), "w") as f:
+      f.writelines(p + "\n" for p in sorted(eval_ids))
+    train_ids = set().union(*sub_train.values())
+    assert not train_ids & eval_ids
+    with open(os.path.join(out, sets.TRAIN_DIR, sets.IDS), "w") as f:
+      f.writelines(p + "\n" for p in sorted(train_ids))
 
-  manifest = {
-      "created_by": "python -m eval.build_sets",
-      "seed": seed,
-      "min_class_papers": min_class_papers,
-      "requested": sizes,
-      "built": {
-          "clustering": {c: len(clustering[c]) for c in classes},
-          "citation": citation_stats,
-          "retrieval_queries": len(retrieval),
-          "subdomain_eval": {c: len(v) for c, v in sub_eval.items()},
-          "subdomain_train": {c: len(v) for c, v in sub_train.items()},
-          "eval_ids": len(eval_ids), "train_ids": len(train_ids),
-      },
-      "classes_available": {c: len(v) for c, v in sorted(by_class.items())},
-      "capped": notes,
-      "sources": {"metadata": {"path": os.path.abspath(metadata), "sha256": sets.sha256_file(metadata)},
-                  "citations": [{"path": os.path.abspath(p), "sha256": sets.sha256_file(p)}
-                                for p in citation_sources]},
-      "files": files,
-      "notes": {"retrieval": "proxy: query = title, corpus = abstracts of the query papers, relevant = own abstract "
-                             "(the paper uses 50k synthetic questions -> source passages)",
-                "citation": "positives: citing title + cited title (Paperscape edges with both titles); negatives: "
-                            "same citing/cited papers re-paired, neither citing the other",
-                "ids": "ids.txt = every evaluation paper (exclude from training); train/ids.txt = subdomain "
-                       "training pairs, disjoint from ids.txt"},
-  }
-  with open(os.path.join(out, sets.MANIFEST), "w") as f:
-    json.dump(manifest, f, indent=2)
+    manifest = {
+        "created_by": "python -m eval.build_sets",
+        "seed": seed,
+        "min_class_papers": min_class_papers,
+        "requested": sizes,
+        "built": {
+            "clustering": {c: len(clustering[c]) for c in classes},
+            "clustering_years": list(clustering_years) if clustering_years else None,
+            "clustering_in_years": clustering_in_years if clustering_years else None,
+            "citation": citation_stats,
+            "retrieval_queries": len(retrieval),
+            "subdomain_eval": {c: len(v) for c, v in sub_eval.items()},
+            "subdomain_train": {c: len(v) for c, v in sub_train.items()},
+            "eval_ids": len(eval_ids), "train_ids": len(train_ids),
+        },
+        "classes_available": {c: len(v) for c, v in sorted(by_class.items())},
+        "capped": notes,
+        "skipped": skipped.to_json(),
+        "sources": {"metadata": [{"path": os.path.abspath(p), "sha256": sets.sha256_file(p)}
+                                 for p in papers.meta_files([metadata])],
+                    "citations": [{"path": os.path.abspath(p), "sha256": sets.sha256_file(p)}
+                                  for p in citation_sources]},
+        "files": files,
+        "notes": {"retrieval": "proxy: query = title, corpus = abstracts of the query papers, relevant = own abstract "
+                               "(the paper uses 50k synthetic questions -> source passages)",
+                  "citation": "positives: citing title + cited title (Paperscape edges with both titles); negatives: "
+                              "same citing/cited papers re-paired, neither citing the other",
+                  "ids": "ids.txt = every evaluation paper (exclude from training); train/ids.txt = subdomain "
+                         "training pairs, disjoint from ids.txt"},
+    }
+    with open(os.path.join(out, sets.MANIFEST), "w") as f:
+      json.dump(manifest, f, indent=2)
+  out = final_out
   log(summary(manifest))
   return manifest
 
@@ -238,17 +319,34 @@ def summary(manifest: dict) -> str:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--metadata", required=True, help="arXiv metadata snapshot, gzip JSON lines (Kaggle schema)")
+  p.add_argument("--metadata", required=True,
+                 help="arXiv metadata: the snapshot file (Kaggle schema; .json/.jsonl, plain or gzip) or the folder "
+                      "data_prep.arxiv_metadata writes")
   p.add_argument("--citations", help="citation files: a directory of pscp-*.csv / *.jsonl[.gz], or one file")
   p.add_argument("--out", required=True)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--min-class-papers", type=int, default=taxonomy.MIN_CLASS_PAPERS,
-                 help="keep merged classes with at least this many physics papers in --metadata")
+  p.add_argument("--min-class-papers", type=int, default=None,
+                 help="clustering keeps merged classes with at least this many usable physics papers (default: "
+                      "--clustering-per-class, every class the corpus supports; 5000: the paper's 21 classes)")
+  p.add_argument("--exclude", nargs="*", default=[],
+                 help="files of arXiv ids to keep out of every set (e.g. another build's ids.txt, for a test set "
+                      "disjoint from the validation set)")
+  p.add_argument("--clustering-years", default=None, metavar="FIRST-LAST",
+                 help="draw clustering abstracts from these v1 years first (e.g. 2015-2019)")
   for key, value in PAPER_SIZES.items():
     p.add_argument("--" + key.replace("_", "-"), type=int, default=value, help=f"paper: {value:,}")
+  p.add_argument("--overwrite", action="store_true", help="replace an earlier build in --out")
   args = p.parse_args(argv)
   sizes = {k: getattr(args, k) for k in PAPER_SIZES}
-  build(args.metadata, args.citations, args.out, args.seed, args.min_class_papers, sizes)
+  bad = [f"--{k.replace('_', '-')} {v}" for k, v in sizes.items() if v < 1]
+  try:
+    if bad:
+      raise ValueError(f"{', '.join(bad)}: sizes must be >= 1")
+    build(args.metadata, args.citations, args.out, args.seed, args.min_class_papers, sizes,
+          clustering_years=parse_years(args.clustering_years), exclude=read_exclude(args.exclude),
+          overwrite=args.overwrite)
+  except (ValueError, OSError) as e:   # OutputError, DiskFullError, missing or damaged inputs
+    raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -28,12 +28,27 @@ def normalize(x: np.ndarray) -> np.ndarray:
 # Clustering
 # ---------------------------------------------------------------------------------------------------------------
 
+# A fold must hold at least this many texts of each class. With one text a class per fold, KMeans with k = classes
+# puts each text in its own cluster and scores V = 1.0 whatever the model (10 texts a class over 10 folds did).
+MIN_PER_CLASS_PER_FOLD = 5
+
+
 def clustering_folds(labels, n_folds: int, seed: int) -> list[np.ndarray]:
-  """Indices of each stratified fold: each fold is a class-balanced tenth of the set, clustered on its own."""
+  """Indices of each stratified fold: each fold is a class-balanced tenth of the set, clustered on its own.
+
+  Fewer folds are used when the smallest class cannot give each fold MIN_PER_CLASS_PER_FOLD texts; a class with
+  fewer texts than that in all raises ValueError (nothing could be measured).
+  """
   labels = np.asarray(labels)
-  n_folds = min(n_folds, int(np.unique(labels, return_counts=True)[1].min()))
+  classes, counts = np.unique(labels, return_counts=True)
+  if counts.min() < MIN_PER_CLASS_PER_FOLD:
+    raise ValueError(f"class {classes[counts.argmin()]!r} has {counts.min()} texts; clustering needs at least "
+                     f"{MIN_PER_CLASS_PER_FOLD} a class in every fold ({MIN_PER_CLASS_PER_FOLD * n_folds} a class for "
+                     f"{n_folds} folds): with fewer, KMeans scores any model near 1.0. Build the set with more texts "
+                     "per class")
+  n_folds = min(n_folds, int(counts.min()) // MIN_PER_CLASS_PER_FOLD)
   if n_folds < 2:
-    return [np.arange(len(labels))]  # a class with one member cannot be split: cluster the whole set once
+    return [np.arange(len(labels))]  # too few to split: cluster the whole set once
   skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
   return [test for _, test in skf.split(np.zeros(len(labels)), labels)]
 
@@ -53,6 +68,33 @@ def v_measure_folds(embeddings: np.ndarray, labels, n_folds: int = 10, seed: int
     scores.append(float(v_measure_score(y, pred)))
   return {"v_measure": float(np.mean(scores)), "v_measure_std": float(np.std(scores)), "folds": scores,
           "n": int(len(labels)), "k": int(len(np.unique(labels)))}
+
+
+def knn_accuracy(embeddings: np.ndarray, labels, k: int = 10, block: int = 2048) -> dict:
+  """Leave-one-out k-nearest-neighbour class accuracy (cosine; majority vote, ties to the nearer neighbour's class).
+
+  The local structure V-measure can hide: a model can keep its class centroids apart while the neighbourhoods of
+  small or untaught classes dissolve. Returns the mean over texts and the accuracy of each class.
+  """
+  labels = np.asarray(labels)
+  classes, y = np.unique(labels, return_inverse=True)
+  x = normalize(embeddings)
+  n = len(y)
+  k = min(k, n - 1)
+  correct = np.zeros(n, bool)
+  for s in range(0, n, block):
+    sims = x[s:s + block] @ x.T                                     # (b, n)
+    sims[np.arange(len(sims)), np.arange(s, s + len(sims))] = -np.inf  # not itself
+    nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, nn, axis=1), axis=1)
+    nn_labels = y[np.take_along_axis(nn, order, axis=1)]             # (b, k), nearest first
+    for i, row in enumerate(nn_labels):
+      votes = np.bincount(row, minlength=len(classes))
+      best = np.flatnonzero(votes == votes.max())
+      pred = best[0] if len(best) == 1 else next(c for c in row if c in best)
+      correct[s + i] = pred == y[s + i]
+  per_class = {str(c): float(correct[y == j].mean()) for j, c in enumerate(classes)}
+  return {"knn_accuracy": float(correct.mean()), "knn_k": int(k), "knn_per_class": per_class}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ def markdown(report: dict) -> str:
     c, r = m["tasks"].get("citation", {}), m["tasks"].get("retrieval", {})
     fmt = lambda d, k: f"{100 * d[k]:.2f}" if k in d else "-"
     lines.append(f"| {m['name']} | {fmt(c, 'average_precision')} | {fmt(r, 'mrr@10')} | {fmt(r, 'recall@100')} |")
+  lines += _class_sections(report)
   s = report["sets"]
   lines += ["", "## Provenance", "",
             f"- sets: `{s['dir']}` (seed {s.get('seed')}, manifest sha256 {s.get('manifest_sha256')})",
@@ -113,6 +114,30 @@ def markdown(report: dict) -> str:
     lines += ["", "## Figure 2: PCA of clustering-set embeddings", ""]
     lines += [f"![{m['name']}]({m['figure']})" for m in figures]
   return "\n".join(lines) + "\n"
+
+
+def _class_sections(report: dict) -> list[str]:
+  """Clustering split by what the models were trained on, and 10-NN class accuracy per class: V-measure over all
+  classes can rise while untaught classes dissolve (docs/LOG.md, 2026-12-01)."""
+  results = [(m["name"], m["tasks"].get("clustering", {})) for m in report["models"]]
+  results = [(n, r) for n, r in results if "knn_accuracy" in r]
+  if not results:
+    return []
+  fmt = lambda r, k: f"{100 * r[k]:.2f}" + (f" ± {100 * r[k + '_std']:.2f}" if k + "_std" in r else "") \
+      if k in r else "-"
+  lines = ["", "## Clustering by class", "",
+           "| Model | V-measure, all classes | V-measure, classes in the training pairs | V-measure, classes not in "
+           "them | 10-NN accuracy |", "|---|---:|---:|---:|---:|"]
+  lines += [f"| {n} | {fmt(r, 'v_measure')} | {fmt(r, 'v_measure_trained')} | {fmt(r, 'v_measure_untrained')} | "
+            f"{fmt(r, 'knn_accuracy')} |" for n, r in results]
+  trained = next((set(r["classes_trained"]) for _, r in results if "classes_trained" in r), set())
+  classes = sorted(results[0][1]["knn_per_class"])
+  lines += ["", "10-NN class accuracy per class (* = in the training pairs):", "",
+            "| Class | " + " | ".join(n for n, _ in results) + " |", "|---|" + "---:|" * len(results)]
+  for c in classes:
+    lines.append(f"| {c}{' *' if c in trained else ''} | " +
+                 " | ".join(f"{100 * r['knn_per_class'].get(c, float('nan')):.1f}" for _, r in results) + " |")
+  return lines
 
 
 def write_csv(report: dict, path: str) -> None:

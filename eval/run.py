@@ -173,10 +173,23 @@ def main(argv=None):
   p.add_argument("--dtype", default="float32")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seed", type=int, default=0, help="fold split and KMeans initialisation")
+  p.add_argument("--trained-pairs", nargs="*", default=[], metavar="PAIR_SET",
+                 help="pair sets the models were fine-tuned on (data/pairs/category): clustering is also reported "
+                      "on the classes they teach and on the others, apart")
   args = p.parse_args(argv)
+  try:
+    from physbert_jax.pair_pipeline import trained_classes
+    trained = trained_classes(args.trained_pairs) if args.trained_pairs else None
+  except (OSError, ValueError) as e:
+    print(f"error: --trained-pairs: {e}", file=sys.stderr)
+    return 2
   ctx = tasks.Context(args.sets, args.cache or os.path.join(args.out, "embeddings"), seed=args.seed,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, trained_classes=trained)
   command = "python -m eval.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+  if not os.path.isdir(args.sets):
+    print(f"error: --sets {args.sets}: no such folder; build the sets with `python -m eval.build_sets`",
+          file=sys.stderr)
+    return 2
   try:
     task_names = parse_tasks(args.tasks)
     for t in task_names:
@@ -188,6 +201,9 @@ def main(argv=None):
     return 2
   print(report_lib.markdown(report).split("## Secondary")[0])
   print(f"wrote {args.out}/results.json, table.md, table.csv")
+  if not any("main" in r for m in report["models"] for r in m["tasks"].values()):
+    print("error: every task was skipped (reasons above): nothing was measured", file=sys.stderr)
+    return 1
   return 0
 
 

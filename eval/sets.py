@@ -21,7 +21,10 @@ import gzip
 import hashlib
 import json
 import os
+import zlib
 from typing import Iterator
+
+from physbert_jax import outputs
 
 SUBDOMAINS = ("cond-mat", "astro-ph", "hep")  # the paper's order
 
@@ -59,8 +62,21 @@ def read_rows(path: str, schema: str) -> Iterator[dict]:
   keys = SCHEMAS[schema]
   n = 0
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
+  lineno = 0
+  with opener(path, "rb") as f:
+    while True:
+      try:
+        raw = f.readline()
+      except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise SetError(f"{path}: truncated or corrupt gzip after line {lineno} ({e}); rebuild the sets with "
+                       "`python -m eval.build_sets`") from None
+      if not raw:
+        break
+      lineno += 1
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError:
+        raise SetError(f"{path}: line {lineno}: not UTF-8") from None
       if not line.strip():
         continue
       try:
@@ -90,14 +106,12 @@ def load_rows(path: str, schema: str, fields: tuple[str, ...] | None = None) -> 
 
 def write_rows(path: str, rows) -> int:
   """Write rows as gzip JSON lines, byte-identical for identical rows (mtime 0 in the gzip header)."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   n = 0
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+  with outputs.atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+      gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
     for row in rows:
       gz.write((json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
       n += 1
-  os.replace(tmp, path)
   return n
 
 

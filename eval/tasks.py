@@ -30,6 +30,9 @@ class Context:
   seed: int = 0
   batch_size: int = 64
   folds: int = 10
+  # Classes the model was trained on as pairs (the category pair set's classes): clustering is then also reported
+  # on them and on the others separately, so forgetting of untaught classes is visible. None: not split.
+  trained_classes: frozenset | None = None
   _sha: dict = dataclasses.field(default_factory=dict)
 
   def path(self, name: str) -> str:
@@ -87,8 +90,20 @@ def clustering(ctx: Context, encoder, name: str = sets.CLUSTERING) -> dict:
   emb, labels = labelled_embeddings(ctx, encoder, name)
   if len(np.unique(labels)) < 2:
     raise TaskSkipped(f"{ctx.path(name)}: fewer than 2 labels, nothing to cluster")
-  out = metrics.v_measure_folds(emb, labels, ctx.folds, ctx.seed)
+  try:
+    out = metrics.v_measure_folds(emb, labels, ctx.folds, ctx.seed)
+  except ValueError as e:
+    raise TaskSkipped(f"{ctx.path(name)}: {e}") from None
   out["main"] = out["v_measure"]
+  out.update(metrics.knn_accuracy(emb, labels))
+  if ctx.trained_classes is not None:
+    for group, keep in (("trained", True), ("untrained", False)):
+      sel = np.isin(labels, sorted(ctx.trained_classes)) == keep
+      if len(np.unique(labels[sel])) >= 2 and np.unique(labels[sel], return_counts=True)[1].min() >= \
+          metrics.MIN_PER_CLASS_PER_FOLD:
+        v = metrics.v_measure_folds(emb[sel], labels[sel], ctx.folds, ctx.seed)
+        out[f"v_measure_{group}"], out[f"v_measure_{group}_std"] = v["v_measure"], v["v_measure_std"]
+        out[f"classes_{group}"] = sorted(np.unique(labels[sel]).tolist())
   return out
 
 

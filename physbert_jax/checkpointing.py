@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as preservation
+
+from physbert_jax import outputs
 
 BEST = "best.json"
 
@@ -37,6 +41,18 @@ def make_manager(workdir: str, cfg: ml_collections.ConfigDict, best_metric: str 
       item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
 
 
+def check_space(workdir: str, state, step: int) -> None:
+  """Stop before a save that cannot fit: Orbax writing into a full disk fails in its worker threads with a page of
+  asyncio tracebacks and leaves a half-written step behind. The estimate is the state's bytes (all processes'
+  shards: a shared file system holds them all) plus 10% and 16 MB for metadata."""
+  need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)) * 1.1 + 16e6
+  free = shutil.disk_usage(workdir).free
+  if free < need:
+    raise ValueError(f"no space left for checkpoint {step} under {workdir}: it needs about {need / 1e6:,.0f} MB, "
+                     f"{free / 1e6:,.0f} MB are free. Free space and rerun the same command: it resumes from the "
+                     "last checkpoint")
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter=None, force: bool = False,
          metrics: dict | None = None) -> bool:
   items = {"state": ocp.args.StandardSave(state)}
@@ -54,10 +70,7 @@ def record_best(workdir: str, step: int, metrics: dict, key: str) -> bool:
     if best["metric"] == key and best["metrics"][key] >= metrics[key]:
       return False
   if jax.process_index() == 0:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump({"step": int(step), "metric": key, "metrics": metrics}, f, indent=2)
-    os.replace(tmp, path)
+    outputs.write_json(path, {"step": int(step), "metric": key, "metrics": metrics})
   return True
 
 
@@ -76,6 +89,56 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored["state"]
+
+
+def restore_latest_intact(manager: ocp.CheckpointManager, abstract_state, data_iter=None, log=print):
+  """(state, step) from the newest checkpoint that reads back whole; (None, None) when there is none.
+
+  A checkpoint that cannot be read (a truncated array file, a damaged data-iterator JSON: a full disk or a copy
+  cut short) is named, with the error, and the next older one is tried: resuming from an intact step 4 is better
+  than a traceback about step 6. Nothing is deleted: a damaged step is moved to workdir/damaged-checkpoints/ (the
+  run will save that step again), and the log says so. When no checkpoint reads, the error lists every one.
+  """
+  directory = manager.directory
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = restore(manager, step, abstract_state, data_iter)
+    except Exception as e:   # Orbax, TensorStore and Grain raise many types for a damaged file
+      detail = " ".join(str(e).split())[:400]
+      broken = _unreadable_json(os.path.join(str(directory), str(step)))
+      failures.append(f"{directory}/{step}: {broken or type(e).__name__}: {detail}")
+      log(f"warning: checkpoint {directory}/{step} cannot be restored ({failures[-1]}); trying the one before it")
+      continue
+    if failures:
+      aside = os.path.join(os.path.dirname(str(directory)), "damaged-checkpoints")
+      os.makedirs(aside, exist_ok=True)
+      newer = [s for s in manager.all_steps() if s > step]
+      if jax.process_index() == 0:
+        for s in newer:
+          os.replace(os.path.join(str(directory), str(s)), os.path.join(aside, f"{s}-{int(time.time())}"))
+      manager.reload()
+      log(f"warning: resumed from {directory}/{step}, the newest intact checkpoint; the damaged newer ones "
+          f"({', '.join(map(str, newer))}) were moved to {aside}")
+    return state, step
+  if failures:
+    raise ValueError("no checkpoint can be restored:\n  " + "\n  ".join(failures) +
+                     f"\nmove {directory} aside to start over, or point --workdir elsewhere")
+  return None, None
+
+
+def _unreadable_json(step_dir: str) -> str | None:
+  """The first JSON file under a checkpoint step that does not parse, as 'path is not valid JSON', or None."""
+  for root, _, names in sorted(os.walk(step_dir)):
+    for name in sorted(names):
+      if name.endswith(".json") or name in ("_METADATA", "_CHECKPOINT_METADATA"):
+        path = os.path.join(root, name)
+        try:
+          with open(path) as f:
+            json.load(f)
+        except (ValueError, OSError):
+          return f"{path} is not valid JSON"
+  return None
 
 
 def restore_params(workdir: str, abstract_params, step: int | None = None):

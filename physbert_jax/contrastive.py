@@ -25,12 +25,15 @@ TEXT_GROUPS = ("anchor", "positive", "negative")
 
 def contrastive_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array | None = None, *,
                      temperature: float = 0.05, symmetric: bool = False, anchor_hash: jax.Array | None = None,
-                     positive_hash: jax.Array | None = None, negative_hash: jax.Array | None = None):
+                     positive_hash: jax.Array | None = None, negative_hash: jax.Array | None = None,
+                     label_hash: jax.Array | None = None):
   """anchors, positives (B, H), negatives (B, H) or None -> (mean loss, metrics).
 
   The hashes (B,) fingerprint the raw texts: when positive j (j != i) has the same text as positive i or comes
   with the same anchor as i, it is a second correct answer for anchor i, not a negative, and is masked out;
-  likewise a hard negative whose text is anchor i's positive.
+  likewise a hard negative whose text is anchor i's positive. label_hash (B,), 0 for none: positive j of the same
+  class as pair i is masked too. For category pairs such a positive is as right an answer as positive i; left
+  in, the loss pushes same-class abstracts apart (~1 of 31 negatives with 30 classes, ~4 with 8).
   """
   normalize = lambda x: x.astype(jnp.float32) / jnp.maximum(jnp.linalg.norm(x.astype(jnp.float32), axis=-1,
                                                                             keepdims=True), 1e-12)
@@ -46,6 +49,11 @@ def contrastive_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Ar
     if negatives is not None:
       dup = jnp.concatenate([dup, negative_hash[None, :] == positive_hash[:, None]], axis=1)
     scores = jnp.where(dup, -jnp.inf, scores)
+  if label_hash is not None:
+    same = (label_hash[:, None] == label_hash[None, :]) & (label_hash[:, None] != 0) & ~eye     # (B, B)
+    if negatives is not None:
+      same = jnp.concatenate([same, jnp.zeros_like(same)], axis=1)
+    scores = jnp.where(same, -jnp.inf, scores)
   loss = optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
   accuracy = (jnp.argmax(scores, axis=-1) == labels).mean()
   if symmetric:
@@ -53,6 +61,8 @@ def contrastive_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Ar
     back = p @ nn.with_logical_constraint(a, (None, None)).T / temperature
     if positive_hash is not None:
       back = jnp.where(dup[:, :b].T, -jnp.inf, back)
+    if label_hash is not None:
+      back = jnp.where(same[:, :b].T, -jnp.inf, back)
     loss = (loss + optax.softmax_cross_entropy_with_integer_labels(back, labels).mean()) / 2
   return loss, {"accuracy": accuracy, "positive_cosine": jnp.mean(jnp.sum(a * p, axis=-1))}
 
@@ -91,6 +101,8 @@ def make_contrastive_step(model, tx: optax.GradientTransformation, schedule: opt
 
   def loss_from_embeddings(embs, batch):
     hashes = {f"{g}_hash": batch.get(f"{g}_hash") for g in TEXT_GROUPS} if cfg.mask_duplicates else {}
+    if cfg.get("mask_same_label", False):
+      hashes["label_hash"] = batch.get("label_hash")
     return contrastive_loss(embs["anchor"], embs["positive"], embs.get("negative"), **loss_kw, **hashes)
 
   def full_loss(params, batch, rng):

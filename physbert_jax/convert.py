@@ -31,7 +31,7 @@ import warnings
 import numpy as np
 from absl import logging as absl_logging
 
-from physbert_jax import hf_names
+from physbert_jax import hf_names, outputs
 from physbert_jax.model import BertConfig
 
 # Files that make up a BERT tokenizer folder; the ones present are copied.
@@ -230,7 +230,14 @@ def read_hf_folder(folder: str) -> Weights:
 
 def read_safetensors(folder: str) -> tuple[dict[str, np.ndarray], str]:
   """model.safetensors (or its sharded index) -> numpy state dict. Never unpickles."""
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load_file as _load
+
+  def load_file(path):
+    try:
+      return _load(path)
+    except Exception as e:   # SafetensorError (a truncated or damaged file) derives from Exception only
+      raise ValueError(f"{path}: not a readable safetensors file ({e}); copy or export it again") from None
+
   single = os.path.join(folder, "model.safetensors")
   index = os.path.join(folder, "model.safetensors.index.json")
   if os.path.exists(single):
@@ -438,4 +445,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with outputs.user_errors():   # bad input or a full disk: one line naming the file, not a traceback
+    main()

@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+import zlib
 from typing import Sequence
 
 import flax.linen as nn
@@ -35,7 +36,7 @@ import numpy as np
 from absl import logging as absl_logging
 from tqdm import tqdm
 
-from physbert_jax import convert, hf_names
+from physbert_jax import convert, hf_names, outputs
 from physbert_jax.model import Bert, pool
 
 # Padded lengths: steps of 16 tokens up to 256, 32 beyond. A batch of length-sorted texts wastes < 16 (32) tokens
@@ -188,21 +189,35 @@ def read_texts(path: str, field: str = "text") -> list[str]:
   stem = path[:-3] if path.endswith(".gz") else path
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no such file")
-  with opener(path, "rt", encoding="utf-8") as f:
-    if stem.endswith(".txt"):
-      return [line.rstrip("\n") for line in f]
-    if not stem.endswith(".jsonl"):
-      raise ValueError(f"{path}: use .txt (one text per line) or .jsonl")
-    texts = []
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      row = json.loads(line)
-      text = row if isinstance(row, str) else row.get(field) if isinstance(row, dict) else None
-      if not isinstance(text, str):
-        raise ValueError(f"{path}:{n}: no string field {field!r} (use --field)")
-      texts.append(text)
-    return texts
+  if not stem.endswith((".txt", ".jsonl")):
+    raise ValueError(f"{path}: use .txt (one text per line) or .jsonl")
+  # Every line becomes one embedding row, so a bad line is an error naming it, not a silent skip: the output's
+  # row i must stay text i of the input.
+  texts = []
+  n = 0
+  try:
+    with opener(path, "rb") as f:
+      for n, raw in enumerate(f, 1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise ValueError(f"{path}:{n}: not UTF-8 (byte {e.start} of the line); re-encode the file as UTF-8") from None
+        if stem.endswith(".txt"):
+          texts.append(line.rstrip("\n").rstrip("\r"))
+          continue
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+        text = row if isinstance(row, str) else row.get(field) if isinstance(row, dict) else None
+        if not isinstance(text, str):
+          raise ValueError(f"{path}:{n}: no string field {field!r} (use --field)")
+        texts.append(text)
+  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    raise ValueError(f"{path}: truncated or corrupt gzip after line {n} ({e}); recompress the file") from None
+  return texts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,7 +234,16 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   absl_logging.set_verbosity(absl_logging.ERROR)   # Orbax warns about every read-only checkpoint it opens
-  step = None if args.step is None else args.step if args.step == "best" else int(args.step)
+  try:
+    step = None if args.step is None else args.step if args.step == "best" else int(args.step)
+  except ValueError:
+    sys.exit(f"encode: --step {args.step}: a checkpoint step number or 'best'")
+  if not args.out.endswith(".npy"):
+    sys.exit(f"encode: --out {args.out}: name a .npy file (numpy would write {args.out}.npy)")
+  if os.path.isdir(args.out):
+    sys.exit(f"encode: --out {args.out} is a folder; name a .npy file")
+  if args.batch_size < 1 or args.max_length < 3:
+    sys.exit(f"encode: --batch-size {args.batch_size} / --max-length {args.max_length}: need >= 1 and >= 3")
   try:
     texts = read_texts(args.input, args.field)
     enc = Encoder.load(args.model, pooling=args.pooling, dtype=args.dtype, max_length=args.max_length, step=step)
@@ -228,8 +252,11 @@ def main(argv: list[str] | None = None) -> None:
   start = time.time()
   emb = enc.encode(texts, batch_size=args.batch_size)
   seconds = time.time() - start
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  np.save(args.out, emb)
+  try:
+    with outputs.atomic_path(args.out) as tmp, open(tmp, "wb") as f:
+      np.save(f, emb)
+  except OSError as e:
+    sys.exit(f"encode: cannot write --out {args.out}: {e.strerror or e}")
   print(f"wrote {args.out}: {emb.shape[0]} x {emb.shape[1]} ({enc.pooling} pooling, max length {enc.max_length}, "
         f"{enc.dtype}) in {seconds:.1f} s, {len(texts) / max(seconds, 1e-9):.1f} texts/s", file=sys.stderr)
 

@@ -10,6 +10,8 @@ import time
 
 import jax
 
+from physbert_jax import outputs
+
 # Dense bf16 peak per device (no sparsity), from the vendors' datasheets. Override: config.peak_flops_per_device.
 PEAK_BF16_FLOPS = {
     "a100": 312e12,
@@ -62,10 +64,8 @@ class MetricWriter:
     """A resumed run replays the steps after its checkpoint: drop their old lines so each step appears once."""
     with open(self.path) as f:
       lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
+    with outputs.atomic_path(self.path) as tmp, open(tmp, "w") as f:
       f.writelines(lines)
-    os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.active:

@@ -5,7 +5,9 @@ mixed by the configured weights (the paper used 2M / 1M / 2M pairs: weights 0.4 
 its slice, and texts are tokenized in the Grain workers, so one pair set serves any tokenizer and max length.
 
 A batch: anchor_ids/anchor_mask, positive_ids/positive_mask (B, L_group) int32, and anchor_hash/positive_hash (B,)
-int32 fingerprints of the raw texts, with which the loss masks a duplicate text in the batch out of the negatives.
+int32 fingerprints of the raw texts, with which the loss masks a duplicate text in the batch out of the negatives;
+label_hash (B,) fingerprints a pair's class (category pairs carry one; 0 = no label), with which the loss can mask
+same-class negatives (config.contrastive.mask_same_label).
 
 Padding: each text group of a batch is padded to the smallest length bucket (config.data.length_buckets, e.g.
 32/64/128/256) that holds its longest text, as sentence-transformers pads to the longest text of the batch. Titles
@@ -81,6 +83,7 @@ class TokenizePair(grain.transforms.Map):
       text = pair.get(key) or pair["positive"]          # a pair without a hard negative reuses its positive
       out[f"{key}_ids"] = np.asarray(self._tokenizer().encode(text).ids, np.int32)
       out[f"{key}_hash"] = np.int32(text_hash(text))
+    out["label_hash"] = np.int32(text_hash(pair["label"]) if pair.get("label") else 0)   # crc32("") is 0 too
     return out
 
 
@@ -177,6 +180,20 @@ def make_pair_loader(sources: list[dict], *, tokenizer_dir: str, max_length: int
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(ds), counts
+
+
+def trained_classes(paths: Sequence[str]) -> frozenset | None:
+  """The classes that labelled pair sets among `paths` teach (a category set's manifest counts.pairs_per_class);
+  None when no set is labelled. The validator reports clustering on these and on the other classes apart."""
+  import json
+  import os
+  found = None
+  for path in paths:
+    with open(os.path.join(path, records.MANIFEST)) as f:
+      per_class = json.load(f).get("counts", {}).get("pairs_per_class")
+    if per_class:
+      found = (found or frozenset()) | frozenset(per_class)
+  return found
 
 
 def pad_token_id(tokenizer_path: str) -> int:

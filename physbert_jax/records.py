@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from typing import Any
 
 import numpy as np
 
@@ -67,18 +65,6 @@ def decode(record: bytes, dtype: np.dtype) -> np.ndarray:
 
 def shard_name(split: str, index: int, count: int) -> str:
   return f"{split}-{index:05d}-of-{count:05d}.array_record"
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Write JSON to a temp file in the same directory, then rename: readers never see a half-written file."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; manifests are read by other users' jobs.
-  os.replace(tmp, path)
 
 
 def encode_pair(pair: dict) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -52,11 +53,12 @@ def _total_steps(config, steps_per_epoch: int) -> int:
 
 # ---- MLM ---------------------------------------------------------------------------------------------------
 
-def mlm_stage(config: ml_collections.ConfigDict, model, mesh) -> Stage:
+def mlm_stage(config: ml_collections.ConfigDict, model, mesh, workdir: str) -> Stage:
   data_dir = _resolve_shards(config)
   loader, manifest = input_pipeline.make_mlm_loader(
       data_dir, split="train", seq_len=config.data.seq_len, global_batch_size=config.data.global_batch_size,
       seed=config.seed, worker_count=config.data.worker_count)
+  tokenizer_dir = run_tokenizer(workdir, manifest["tokenizer"]["path"], data_dir, manifest["tokenizer"]["sha256"])
   special, vocab = manifest["special_ids"], manifest["vocab_size"]
   if vocab > model.cfg.vocab_size:
     raise ValueError(f"tokenizer of {data_dir} has {vocab} tokens, config.model.vocab_size is {model.cfg.vocab_size}")
@@ -79,8 +81,27 @@ def mlm_stage(config: ml_collections.ConfigDict, model, mesh) -> Stage:
       init_params=init_params, make_step=make_step,
       evaluate=_mlm_evaluator(config, data_dir, manifest, model, mesh) if has_val else None, best_metric=None,
       batch_cost=_mlm_cost(metrics_lib.train_flops_per_token(model.cfg, seq_len, config.mlm.mask_rate)),
-      tokenizer_dir=manifest["tokenizer"]["path"],
+      tokenizer_dir=tokenizer_dir,
       describe=f"MLM on {data_dir}: {records_n} sequences of <= {seq_len} tokens, {steps_per_epoch} steps/epoch")
+
+
+def run_tokenizer(workdir: str, data_tokenizer: str, shards: str, sha256: str) -> str:
+  """The tokenizer the run uses: its own copy (workdir/tokenizer) once it has one, so a resume does not depend on
+  the data folder; else the one the shards name. Either must be the tokenizer the shards were built with (the
+  manifest's sha256): a retrained tokenizer gives other ids, and training on would silently mix the two."""
+  own = os.path.join(workdir, "tokenizer")
+  path = own if os.path.isfile(os.path.join(own, "tokenizer.json")) else data_tokenizer
+  tokenizer_json = os.path.join(path, "tokenizer.json")
+  if not os.path.isfile(tokenizer_json):
+    raise FileNotFoundError(f"{tokenizer_json} not found: the shards in {shards} were built with it (sha256 "
+                            f"{sha256[:12]}...); restore it, or rebuild the shards with data_prep.build_mlm_shards")
+  with open(tokenizer_json, "rb") as f:
+    found = hashlib.sha256(f.read()).hexdigest()
+  if found != sha256:
+    raise ValueError(f"{tokenizer_json} (sha256 {found[:12]}...) is not the tokenizer the shards in {shards} were "
+                     f"built with (sha256 {sha256[:12]}..., {shards}/manifest.json): rebuild the shards with "
+                     "data_prep.build_mlm_shards --overwrite, or restore that tokenizer")
+  return path
 
 
 def _mlm_cost(flops_per_token: float) -> Callable:
@@ -129,6 +150,8 @@ def _mlm_evaluator(config, data_dir, manifest, model, mesh):
 
 def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: str) -> Stage:
   tokenizer_dir = config.data.tokenizer or os.path.join(config.init_from, "tokenizer")
+  if os.path.isfile(os.path.join(workdir, "tokenizer", "tokenizer.json")):
+    tokenizer_dir = os.path.join(workdir, "tokenizer")      # a resume uses the run's own copy
   if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
     raise FileNotFoundError(f"{tokenizer_dir}/tokenizer.json not found: set config.data.tokenizer, or "
                             "config.init_from to a workdir that has a tokenizer/ folder")
@@ -160,8 +183,9 @@ def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: s
     return tokens, sum(b * l * metrics_lib.train_flops_per_token(model.cfg, l, 0.0) * recompute for b, l in shapes)
 
   settings = encoder_settings(config)
-  evaluate = (_contrastive_validator(config, model, tokenizer_dir, workdir, settings) if config.validation.sets
-              else None)
+  evaluate = (_contrastive_validator(config, model, tokenizer_dir, workdir, settings,
+                                     pair_pipeline.trained_classes([s["path"] for s in sources]))
+              if config.validation.sets else None)
   return Stage(
       data_iter=data_iter, total_steps=_total_steps(config, steps_per_epoch), steps_per_epoch=steps_per_epoch,
       init_params=init_params, make_step=make_step, evaluate=evaluate,
@@ -197,9 +221,13 @@ def encoder_settings(config) -> dict:
           "lowercase": bool(init.get("lowercase", False))}
 
 
-def _contrastive_validator(config, model, tokenizer_dir: str, workdir: str, settings: dict):
+def _contrastive_validator(config, model, tokenizer_dir: str, workdir: str, settings: dict, trained=None):
   """The eval suite's tasks (clustering V-measure, citation accuracy, retrieval nDCG@10) on config.validation.sets,
-  through the same Encoder the benchmark uses; `val_mean` is their mean, the paper's checkpoint criterion."""
+  through the same Encoder the benchmark uses; `val_mean` is their mean, the paper's checkpoint criterion.
+
+  The clustering set holds classes the category pairs do not teach (eval.build_sets keeps every class the corpus
+  supports), so a run that forgets them loses V-measure and its checkpoint is not chosen. Logged beside it:
+  V-measure on the `trained` classes and on the `untrained` ones, and 10-NN class accuracy."""
   from eval import tasks as eval_tasks
   from physbert_jax import convert
   from physbert_jax.encode import Encoder
@@ -216,11 +244,16 @@ def _contrastive_validator(config, model, tokenizer_dir: str, workdir: str, sett
     cache = tempfile.mkdtemp(prefix="physbert-val-")   # embeddings of one step are never reused
     try:
       ctx = eval_tasks.Context(sets_dir=config.validation.sets, cache_dir=cache, seed=config.seed,
-                               batch_size=config.validation.batch_size, folds=config.validation.folds)
+                               batch_size=config.validation.batch_size, folds=config.validation.folds,
+                               trained_classes=trained)
       out = {}
       for name in task_names:
         result = eval_tasks.run(ctx, encoder, name)
         out[f"val_{name}"] = float(result["main"])
+        for key, short in (("v_measure_trained", "trained"), ("v_measure_untrained", "untrained"),
+                           ("knn_accuracy", "knn")):
+          if key in result:
+            out[f"val_{name}_{short}"] = float(result[key])
     finally:
       shutil.rmtree(cache, ignore_errors=True)
     out["val_mean"] = float(np.mean([out[f"val_{n}"] for n in task_names]))
@@ -231,7 +264,7 @@ def _contrastive_validator(config, model, tokenizer_dir: str, workdir: str, sett
 
 def build(config, model, mesh, workdir: str) -> Stage:
   if config.objective == "mlm":
-    return mlm_stage(config, model, mesh)
+    return mlm_stage(config, model, mesh, workdir)
   if config.objective == "contrastive":
     return contrastive_stage(config, model, mesh, workdir)
   raise ValueError(f"config.objective={config.objective!r}: use mlm or contrastive")

@@ -22,7 +22,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from physbert_jax import checkpointing, grid, metrics as metrics_lib, optimizer, records, sharding, stages, steps
+from physbert_jax import (checkpointing, grid, metrics as metrics_lib, optimizer, outputs, sharding,
+                          stages, steps)
 from physbert_jax.model import Bert, BertConfig, count_params
 
 FLAGS = flags.FLAGS
@@ -38,6 +39,8 @@ class NonFiniteLossError(RuntimeError):
 
 def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuse to continue a workdir written by a different config: resuming would silently mix two runs."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} is a file, not a folder; choose a folder path")
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
@@ -48,11 +51,7 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
       raise ValueError(f"{workdir} was started with a different config ({path}); differing keys: "
                        f"{', '.join(diff[:10])}. Use a new --workdir, or delete {workdir} to start over.")
   elif jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(current, f, indent=2)
-    os.replace(tmp, path)
+    outputs.write_json(path, current)
 
 
 def _diff(a, b, prefix="") -> list[str]:
@@ -97,7 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stages.check_tokenizer_fits(model.cfg, stage.tokenizer_dir)
     copy_tokenizer(stage.tokenizer_dir, workdir)
     if stage.encoder_settings and jax.process_index() == 0:
-      records.write_json_atomic(os.path.join(workdir, "encoder.json"), stage.encoder_settings)
+      outputs.write_json(os.path.join(workdir, "encoder.json"), stage.encoder_settings, sort_keys=True)
     total_steps = stage.total_steps
     tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
     state_sharding, abstract_state, init_state, new_state = steps.sharded_state_fns(stage.init_params, tx, mesh,
@@ -105,10 +104,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # ---- Restore: own checkpoint -> init_from -> scratch ----------------------------------------------------
     manager = checkpointing.make_manager(workdir, config.checkpoint, best_metric=stage.best_metric)
-    start = manager.latest_step()
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    state, start = checkpointing.restore_latest_intact(manager, abstract_state, stage.data_iter, log)
     if start is not None:
-      state = checkpointing.restore(manager, start, abstract_state, stage.data_iter)
       log(f"resumed from {workdir}/checkpoints/{start}")
     elif config.init_from:
       params, from_step = checkpointing.restore_params(config.init_from, abstract_state.params)
@@ -177,6 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         progress(step, {**last, **eval_metrics})
         last.update(eval_metrics)
       if save_now:
+        manager.wait_until_finished()            # the previous async save's bytes are on disk: measure what is free
+        checkpointing.check_space(workdir, state, step)
         checkpointing.save(manager, step, state, stage.data_iter, force=stop, metrics=eval_metrics)
         if eval_metrics and stage.best_metric:
           checkpointing.record_best(workdir, step, eval_metrics, stage.best_metric)
@@ -192,8 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   summary = {"step": step, "total_steps": total_steps, "preempted": bool(preempted["flag"]), **last}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    outputs.write_json(os.path.join(workdir, "summary.json"), summary)
     log("done: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
   return summary
 
@@ -262,8 +261,13 @@ def main(argv):
       grid.run_grid(FLAGS.config, FLAGS.workdir, train_and_evaluate)
     else:
       train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (NonFiniteLossError, ValueError, FileNotFoundError) as e:   # config/data errors: the message is the fix
-    sys.exit(f"[physbert_jax] error: {e}")
+  except Exception as e:
+    if outputs.is_disk_full(e):
+      sys.exit(f"[physbert_jax] error: no space left on the device under {FLAGS.workdir}; free space and rerun the "
+               f"same command: it resumes from the last complete checkpoint ({' '.join(str(e).split())[:300]})")
+    if isinstance(e, (NonFiniteLossError, ValueError, FileNotFoundError)):   # config/data errors: the message is
+      sys.exit(f"[physbert_jax] error: {e}")                                # the fix
+    raise
 
 
 def check_overrides(argv: list[str]) -> None:

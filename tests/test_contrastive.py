@@ -57,6 +57,25 @@ def test_duplicate_texts_are_not_negatives():
   np.testing.assert_allclose(float(ours), ref, rtol=1e-5)
 
 
+def test_same_label_positives_are_not_negatives():
+  """label_hash masks every positive of the anchor's class (a label of 0 is none): by hand, anchor i's softmax runs
+  over its own positive and the positives of other classes only."""
+  a, p, _ = _embeddings(b=6, seed=3)
+  labels = np.array([5, 5, 9, 9, 9, 0])                   # two classes and one unlabelled pair
+  ours, _ = contrastive.contrastive_loss(jnp.asarray(a), jnp.asarray(p), temperature=0.05,
+                                         label_hash=jnp.asarray(labels))
+  an = a / np.linalg.norm(a, axis=1, keepdims=True)
+  pn = p / np.linalg.norm(p, axis=1, keepdims=True)
+  s = (an @ pn.T / 0.05).astype(np.float64)
+  ref = []
+  for i in range(6):
+    keep = [j for j in range(6) if j == i or labels[i] == 0 or labels[j] != labels[i]]
+    ref.append(np.log(np.exp(s[i, keep]).sum()) - s[i, i])
+  np.testing.assert_allclose(float(ours), np.mean(ref), rtol=1e-5)
+  plain, _ = contrastive.contrastive_loss(jnp.asarray(a), jnp.asarray(p), temperature=0.05)
+  assert float(plain) > float(ours)                       # masking removes negatives: the loss can only drop
+
+
 def _setup(mesh_shape, chunks=1, dropout=0.0):
   cfg = BertConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                    max_position_embeddings=16, hidden_dropout=dropout, attention_dropout=0.0)

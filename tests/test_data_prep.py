@@ -17,6 +17,7 @@ from array_record.python.array_record_data_source import ArrayRecordDataSource
 
 from data_prep import corpus_io, demo
 from data_prep.build_mlm_shards import build_mlm_shards, validation_score
+from physbert_jax.outputs import OutputError
 from data_prep.train_tokenizer import train_tokenizer
 from physbert_jax import records
 
@@ -117,8 +118,11 @@ def test_manifest_matches_files(shard_dir, tokenizer_dir):
 def test_rebuild_is_byte_identical(shard_dir, tokenizer_dir, tmp_path):
   again = str(tmp_path / "again")
   build_mlm_shards([demo.DEMO_CORPUS], tokenizer_dir, SEQ_LEN, again, num_shards=NUM_SHARDS, verbose=False)
-  # Building over an existing directory replaces it whole.
-  build_mlm_shards([demo.DEMO_CORPUS], tokenizer_dir, SEQ_LEN, again, num_shards=NUM_SHARDS, verbose=False)
+  # Building over an earlier build is refused unless asked for; then it replaces it whole.
+  with pytest.raises(OutputError, match="earlier output of build_mlm_shards"):
+    build_mlm_shards([demo.DEMO_CORPUS], tokenizer_dir, SEQ_LEN, again, num_shards=NUM_SHARDS, verbose=False)
+  build_mlm_shards([demo.DEMO_CORPUS], tokenizer_dir, SEQ_LEN, again, num_shards=NUM_SHARDS, verbose=False,
+                   overwrite=True)
   assert sorted(os.listdir(again)) == sorted(os.listdir(shard_dir))
   for name in os.listdir(shard_dir):
     with open(os.path.join(shard_dir, name), "rb") as a, open(os.path.join(again, name), "rb") as b:

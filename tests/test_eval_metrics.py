@@ -33,9 +33,35 @@ def test_v_measure_folds_matches_sklearn_run_directly():
 
 
 def test_v_measure_folds_with_fewer_members_than_folds():
-  x, labels = _clustered(n_per_class=4, classes=3)
+  x, labels = _clustered(n_per_class=12, classes=3)
   got = metrics.v_measure_folds(x, labels, n_folds=10, seed=0)
-  assert len(got["folds"]) == 4  # capped at the smallest class
+  assert len(got["folds"]) == 2  # each fold keeps >= 5 texts a class: 12 // 5
+
+
+def test_small_folds_are_not_trivially_perfect():
+  """10 random vectors a class over 10 folds used to put one text of each class in a fold, and KMeans with k =
+  classes scored 1.0 for any model. Now folds hold >= 5 a class, and random vectors score far below 1."""
+  rng = np.random.default_rng(0)
+  labels = np.repeat([f"c{i}" for i in range(8)], 10)
+  x = rng.normal(size=(len(labels), 16)).astype(np.float32)
+  got = metrics.v_measure_folds(x, labels, n_folds=10, seed=0)
+  assert len(got["folds"]) == 2
+  assert got["v_measure"] < 0.8
+  with pytest.raises(ValueError, match="has 4 texts; clustering needs at least 5"):
+    metrics.v_measure_folds(x[:-6], labels[:-6], n_folds=10, seed=0)
+
+
+def test_knn_accuracy_matches_sklearn_leave_one_out():
+  from sklearn.model_selection import LeaveOneOut, cross_val_predict
+  from sklearn.neighbors import KNeighborsClassifier
+  x, labels = _clustered(n_per_class=30, classes=2, seed=4)      # two classes, k odd: no ties to break
+  x[:, 0] += 0.5
+  got = metrics.knn_accuracy(x, labels, k=5)
+  pred = cross_val_predict(KNeighborsClassifier(n_neighbors=5, metric="cosine", algorithm="brute"), x, labels,
+                           cv=LeaveOneOut())
+  assert got["knn_accuracy"] == pytest.approx(np.mean(pred == labels), abs=1e-9)
+  for c in ("c0", "c1"):
+    assert got["knn_per_class"][c] == pytest.approx(np.mean(pred[labels == c] == c), abs=1e-9)
 
 
 @pytest.mark.parametrize("ties", [False, True])

@@ -139,3 +139,27 @@ def test_model_spec_and_chance_row():
   enc = run.load_encoder("random", None, 512, "float32")
   a, b = enc.encode(["x", "y"]), enc.encode(["x"])
   assert a.shape == (2, 384) and np.array_equal(a[0], b[0]) and not np.array_equal(a[0], a[1])
+
+
+def test_clustering_split_by_trained_classes_and_knn(sets_dir, tmp_path):
+  """With the classes the pairs teach, clustering is also scored on those and on the others apart (each equal to
+  v_measure_folds on that subset), and 10-NN accuracy per class is reported; the report table shows them."""
+  from eval import metrics
+  enc = BagOfWords()
+  ctx = tasks.Context(str(sets_dir), str(tmp_path / "cache"), seed=0, trained_classes=frozenset({"hep", "astro-ph",
+                                                                                                 "gr-qc"}))
+  out = tasks.clustering(ctx, enc)
+  rows = list(sets.read_rows(str(sets_dir / sets.CLUSTERING), "labelled"))
+  emb = enc.encode([r["text"] for r in rows])
+  labels = np.array([r["label"] for r in rows])
+  sel = np.isin(labels, ["hep", "astro-ph"])
+  assert out["v_measure_trained"] == pytest.approx(metrics.v_measure_folds(emb[sel], labels[sel], 10, 0)["v_measure"])
+  assert out["classes_trained"] == ["astro-ph", "hep"]
+  assert "v_measure_untrained" not in out             # one class left: nothing to cluster
+  knn = metrics.knn_accuracy(emb, labels)
+  assert out["knn_accuracy"] == knn["knn_accuracy"] and out["knn_per_class"] == knn["knn_per_class"]
+  report = {"tasks": ["clustering"], "models": [{"name": "bow", "tasks": {"clustering": out}}],
+            "sets": {"dir": str(sets_dir)}, "versions": {}, "command": ""}
+  from eval import report as report_lib
+  md = report_lib.markdown(report)
+  assert "## Clustering by class" in md and "| hep * |" in md and "| cond-mat |" in md

@@ -79,7 +79,7 @@ def test_sizes_classes_and_caps(built):
   assert any(n.startswith("subdomain train: cond-mat ") for n in manifest["capped"])
   q = list(sets.read_rows(os.path.join(out, sets.RETRIEVAL_QUERIES), "queries"))
   assert len(q) == 60 and all(r["relevant"] == [r["id"]] for r in q)
-  assert manifest["sources"]["metadata"]["sha256"] and len(manifest["sources"]["citations"]) == 6
+  assert manifest["sources"]["metadata"][0]["sha256"] and len(manifest["sources"]["citations"]) == 6
 
 
 def test_citation_pairs_balanced_and_negatives_do_not_cite(built):
@@ -126,3 +126,4 @@ def test_run_end_to_end_with_minilm(built, tmp_path):
   assert t["clustering"]["v_measure"] > 0.2 and t["retrieval"]["ndcg@10"] > 0.5
   assert (report_dir / res["models"][0]["figure"]).exists()
   assert np.load(next((report_dir / "embeddings").glob("*.npy"))).shape[1] == 384
+

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from data_prep.pairs.writer import ShardWriter, manifest
-from physbert_jax import contrastive, optimizer, pair_pipeline, records, steps
+from physbert_jax import contrastive, optimizer, outputs, pair_pipeline, steps
 from physbert_jax.model import Bert, BertConfig
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data_prep", "demo_corpus", "abstracts.jsonl")
@@ -30,8 +30,8 @@ def _write(directory, pairs) -> str:
   for p in pairs:
     w.write(p)
   split = w.close()
-  records.write_json_atomic(os.path.join(str(directory), "manifest.json"),
-                            manifest("test", split, seed=0, counts={}, sources={}))
+  outputs.write_json(os.path.join(str(directory), "manifest.json"),
+                     manifest("test", split, seed=0, counts={}, sources={}), sort_keys=True)
   return str(directory)
 
 

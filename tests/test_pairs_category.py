@@ -59,9 +59,10 @@ def test_pairs_share_a_class_and_are_balanced(sample, tmp_path):
   expected = sorted(c for c, n in sizes.items() if n >= 100)
   per_class = collections.Counter()
   for p in pairs:
-    assert set(p) == {"anchor", "positive", "source", "anchor_id", "positive_id"} and p["source"] == "category"
+    assert set(p) == {"anchor", "positive", "source", "anchor_id", "positive_id", "label"}
+    assert p["source"] == "category"
     a, b = recs[p["anchor_id"]], recs[p["positive_id"]]
-    assert p["anchor_id"] != p["positive_id"] and klass(a) == klass(b)
+    assert p["anchor_id"] != p["positive_id"] and klass(a) == klass(b) == p["label"]
     assert p["anchor"] == " ".join(a["abstract"].split()) and p["positive"] == " ".join(b["abstract"].split())
     per_class[klass(a)] += 1
   assert sorted(per_class) == expected
@@ -136,6 +137,34 @@ def test_cli_rerun_is_skipped(sample, tmp_path, capsys):
   capsys.readouterr()
   cli.main(argv)
   assert "skipping" in capsys.readouterr().out and os.path.getmtime(tmp_path / "c" / "manifest.json") == first
-  cli.main(argv + ["--seed", "3"])   # a changed setting rebuilds
+  with pytest.raises(SystemExit):     # a changed setting does not silently replace the earlier pair set
+    cli.main(argv + ["--seed", "3"])
+  assert "earlier output of pairs category" in capsys.readouterr().err
+  assert json.load(open(tmp_path / "c" / "manifest.json"))["seed"] == 0
+  cli.main(argv + ["--seed", "3", "--overwrite"])   # asked for: it rebuilds
   assert "skipping" not in capsys.readouterr().out
   assert json.load(open(tmp_path / "c" / "manifest.json"))["seed"] == 3
+
+
+def test_scaled_thresholds():
+  assert taxonomy.scaled(5000, 116_738) == 487        # 5000 * 116738 / 1.2M = 486.4, rounded up
+  assert taxonomy.scaled(5000, 1_200_000) == 5000 and taxonomy.scaled(2_000_000, 116_738) == 194_564
+  assert taxonomy.scaled(5000, 10) == 1
+
+
+@needs_data
+def test_default_threshold_scales_with_the_corpus_and_pairs_carry_their_class(sample, tmp_path):
+  path, records = sample
+  out = build(tmp_path, path, min_class_papers=None, num_pairs=None)
+  counts = json.load(open(os.path.join(out, "manifest.json")))["counts"]
+  physics = sum(1 for r in records.values() if klass(r))
+  per_class = collections.Counter(klass(r) for r in records.values() if klass(r))
+  assert counts["physics_papers"] == physics
+  assert counts["min_class_papers"] == taxonomy.scaled(taxonomy.MIN_CLASS_PAPERS, physics)
+  assert set(counts["pairs_per_class"]) == {c for c, n in per_class.items() if n >= counts["min_class_papers"]}
+  assert len(counts["pairs_per_class"]) > 8          # the absolute 5,000 would keep none of this slice
+  assert counts["pairs"] == taxonomy.scaled(category.NUM_PAIRS, physics)
+  for pair in writer.read_pairs(out):
+    assert pair["label"] == klass(records[pair["anchor_id"]]) == klass(records[pair["positive_id"]])
+  with pytest.raises(ValueError, match="no class has 5,000 papers"):
+    build(tmp_path, path, "paper", min_class_papers=5000)

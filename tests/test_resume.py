@@ -138,7 +138,7 @@ def test_contrastive_kill_and_resume_equals_straight_run(tmp_path):
   """The pair pipeline's iterator state and the length-bucketed batches survive a SIGKILL: the resumed run's
   per-step losses equal the straight run's."""
   from data_prep.pairs.writer import ShardWriter, manifest
-  from physbert_jax import records
+  from physbert_jax import outputs
   rc, out = _train(tmp_path / "mlm", tmp_path / "cache", "--config.total_steps=2")     # a start with a tokenizer
   assert rc == 0, out
   pairs = tmp_path / "pairs"
@@ -147,7 +147,7 @@ def test_contrastive_kill_and_resume_equals_straight_run(tmp_path):
     for i, line in enumerate(f):
       text = json.loads(line)["text"]     # six-word anchors, every 16th a whole sentence: several bucket shapes
       w.write({"anchor": text.split(". ")[0] if i % 16 == 0 else " ".join(text.split()[:6]), "positive": text})
-  records.write_json_atomic(str(pairs / "manifest.json"), manifest("test", w.close(), 0, {}, {}))
+  outputs.write_json(str(pairs / "manifest.json"), manifest("test", w.close(), 0, {}, {}), sort_keys=True)
   config = tmp_path / "contrastive_test.py"
   config.write_text(CONTRASTIVE_CONFIG.format(init_from=str(tmp_path / "mlm"), pairs=str(pairs)))
 

@@ -7,9 +7,11 @@ import hashlib
 import os
 import sys
 
-from data_prep import stage, taxonomy
+from data_prep import stage
+from physbert_jax import outputs
 from data_prep.corpus_io import Skipped
-from data_prep.pairs import category, citation, llm, papers, qa_text, s2_client, synthetic_qa, writer
+from data_prep.pairs import (category, citation, llm, papers, qa_text, s2_client, synthetic_qa, title_abstract,
+                             writer)
 
 
 def _file_facts(paths: list[str]) -> list[list]:
@@ -21,21 +23,28 @@ def _exclude_sha(paths: list[str]) -> str:
   return hashlib.sha256("\n".join(sorted(papers.read_exclude(paths))).encode()).hexdigest()
 
 
-def _common(p: argparse.ArgumentParser, num_pairs: int, num_shards: int | None) -> None:
+def _common(p: argparse.ArgumentParser, num_pairs: int, num_shards: int | None, scaled: bool = False) -> None:
   p.add_argument("--out", required=True, help="output pair-set directory")
   p.add_argument("--exclude", nargs="*", default=[], help="files of arXiv ids to keep out (evalsets/ids.txt)")
-  p.add_argument("--num-pairs", type=int, default=num_pairs, help=f"pairs to make (paper: {num_pairs:,})")
+  p.add_argument("--num-pairs", type=int, default=None if scaled else num_pairs,
+                 help=f"pairs to make (paper: {num_pairs:,}" + (" on ~1.2M papers; default: scaled to the corpus)"
+                                                                 if scaled else ")"))
   p.add_argument("--seed", type=int, default=0, help="every random choice derives from it")
   if num_shards is not None:   # synthetic-qa takes stage.py's shard flags instead
     p.add_argument("--num-shards", type=int, default=num_shards, help="ArrayRecord files to deal the pairs over")
     p.add_argument("--force", action="store_true", help="rebuild even if --out is complete with these settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier pair set in --out (anything else there is never replaced)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _skip(out: str, settings: dict, force: bool) -> bool:
+def _skip(out: str, settings: dict, force: bool, stage_name: str, overwrite: bool = False) -> bool:
+  """Skip a complete build with these settings; else refuse an --out this builder may not replace (before any
+  work: physbert_jax.outputs)."""
   if not force and writer.build_is_current(out, settings):
     print(f"{out} is complete and built with these settings; skipping (--force rebuilds)")
     return True
+  outputs.check_out(out, stage_name, overwrite or force)
   return False
 
 
@@ -43,10 +52,19 @@ def cmd_category(args) -> None:
   settings = {"meta": _file_facts(papers.meta_files(args.meta)), "exclude_sha256": _exclude_sha(args.exclude),
               "num_pairs": args.num_pairs, "min_class_papers": args.min_class_papers,
               "min_abstract_chars": args.min_abstract_chars, "seed": args.seed, "num_shards": args.num_shards}
-  if _skip(args.out, settings, args.force):
+  if _skip(args.out, settings, args.force, category.STAGE, args.overwrite):
     return
   category.build(args.meta, args.out, args.exclude, args.num_pairs, args.min_class_papers, args.min_abstract_chars,
-                 args.seed, args.num_shards, settings, args.quiet)
+                 args.seed, args.num_shards, settings, args.quiet, overwrite=args.overwrite or args.force)
+
+
+def cmd_title_abstract(args) -> None:
+  settings = {"meta": _file_facts(papers.meta_files(args.meta)), "exclude_sha256": _exclude_sha(args.exclude),
+              "num_pairs": args.num_pairs, "seed": args.seed, "num_shards": args.num_shards}
+  if _skip(args.out, settings, args.force, title_abstract.STAGE, args.overwrite):
+    return
+  title_abstract.build(args.meta, args.out, args.exclude, args.num_pairs, args.seed, args.num_shards, settings,
+                       args.quiet, overwrite=args.overwrite or args.force)
 
 
 def cmd_citation(args) -> None:
@@ -71,10 +89,10 @@ def cmd_citation(args) -> None:
   settings = {"source": [kind, *_file_facts(inputs)], "meta": _file_facts(papers.meta_files(args.meta or [])),
               "exclude_sha256": _exclude_sha(args.exclude), "num_pairs": args.num_pairs, "seed": args.seed,
               "num_shards": args.num_shards, "physics_only": not args.all_fields}
-  if _skip(args.out, settings, args.force):
+  if _skip(args.out, settings, args.force, citation.STAGE, args.overwrite):
     return
   citation.build(source, args.out, args.meta or [], args.exclude, args.num_pairs, args.seed, args.num_shards,
-                 not args.all_fields, settings, args.quiet)
+                 not args.all_fields, settings, args.quiet, overwrite=args.overwrite or args.force)
   if kind == "s2-api":
     print(f"s2-api: {client.stats}")
 
@@ -101,11 +119,17 @@ def main(argv: list[str] | None = None) -> None:
 
   c = sub.add_parser("category", help="abstract pairs sharing a merged class, balanced over classes")
   c.add_argument("--meta", nargs="+", required=True, help="data/meta directory or the snapshot JSON lines file")
-  _common(c, category.NUM_PAIRS, 8)
-  c.add_argument("--min-class-papers", type=int, default=taxonomy.MIN_CLASS_PAPERS,
-                 help="classes with fewer papers are not used (paper: 5000 -> 21 classes; ~1000 for the sample)")
+  _common(c, category.NUM_PAIRS, 8, scaled=True)
+  c.add_argument("--min-class-papers", type=int, default=None,
+                 help="classes with fewer papers are not used (default: the paper's 5000 on ~1.2M papers, scaled "
+                      "to the corpus read: 487 on the 116,738-paper sample; 5000 gives the paper's 21 classes)")
   c.add_argument("--min-abstract-chars", type=int, default=category.MIN_ABSTRACT_CHARS)
   c.set_defaults(run=cmd_category)
+
+  c = sub.add_parser("title-abstract", help="(title, its abstract) pairs: query -> passage without an LLM")
+  c.add_argument("--meta", nargs="+", required=True, help="data/meta directory or the snapshot JSON lines file")
+  _common(c, title_abstract.NUM_PAIRS, 4, scaled=True)
+  c.set_defaults(run=cmd_title_abstract)
 
   c = sub.add_parser("citation", help="(citing title, cited title) pairs")
   c.add_argument("--source", nargs="+", required=True, metavar="KIND [DIR]",
@@ -142,12 +166,17 @@ def main(argv: list[str] | None = None) -> None:
   c.set_defaults(run=cmd_synthetic_qa)
 
   args = p.parse_args(argv)
+  if args.num_pairs is not None and args.num_pairs < 1:
+    p.error(f"--num-pairs {args.num_pairs}: must be >= 1")
+  if getattr(args, "num_shards", None) is not None and args.num_shards < 1:
+    p.error(f"--num-shards {args.num_shards}: must be >= 1")
   try:
     args.run(args)
-  except (FileNotFoundError, ValueError, s2_client.S2Error) as e:
+  except (FileNotFoundError, ValueError, s2_client.S2Error, outputs.DiskFullError) as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
-  main()
+  with outputs.user_errors():   # bad input or a full disk: one line naming the file, not a traceback
+    main()

@@ -3,9 +3,14 @@
     python -m data_prep.pairs category --meta data/meta --exclude evalsets/ids.txt --out data/pairs/category
 
 Paper: 2M pairs over the 21 merged classes that have >= 5,000 papers (astro-ph.*, cond-mat.*, hep-* merged; every
-other physics category its own class), i.e. ~95k pairs a class. Classes are counted over all physics papers read
-(the labelling of data_prep.arxiv_metadata's stats.json), before exclusion; the pairs are then drawn from the
-papers that are not excluded and have a usable abstract.
+other physics category its own class), i.e. ~95k pairs a class. Both numbers are absolute counts for the paper's
+~1.2M-paper corpus: by default they scale with the physics papers read (taxonomy.scaled: 487 papers a class and
+~195k pairs on the 116,738-paper sample, 30 of its 35 classes), so a smaller corpus still teaches every class it
+can support; `--min-class-papers 5000 --num-pairs 2000000` is the paper's setting. With the absolute threshold the
+sample kept 8 classes, and the other 27 were pushed toward those 8 (docs/LOG.md, 2026-12-01). Classes are counted
+over all physics papers read (the labelling of data_prep.arxiv_metadata's stats.json), before exclusion; the pairs
+are then drawn from the papers that are not excluded and have a usable abstract. Each pair carries its class
+(`label`), with which the loss can keep same-class texts out of each other's negatives.
 
 Sampling, per class, from random.Random(f"{seed}/{class}"): shuffle the class's papers (sorted by id first, so
 input order does not matter) and pair neighbours (0,1), (2,3), ...; reshuffle and repeat until the class's quota
@@ -30,6 +35,7 @@ from data_prep.corpus_io import Skipped
 from data_prep.pairs import papers, writer
 
 KIND = "category"
+STAGE = "pairs category"   # the output marker (physbert_jax.outputs)
 NUM_PAIRS = 2_000_000          # paper: 2M category pairs
 MIN_ABSTRACT_CHARS = 100       # shorter "abstracts" are placeholders ("See the paper.", "Erratum.")
 _WITHDRAWN = ("this paper has been withdrawn", "this article has been withdrawn", "withdrawn by the author",
@@ -80,9 +86,9 @@ def usable(paper: papers.Paper, min_chars: int) -> str | None:
   return None
 
 
-def build(meta: Iterable[str], out_dir: str, exclude: Iterable[str] = (), num_pairs: int = NUM_PAIRS,
-          min_class_papers: int = taxonomy.MIN_CLASS_PAPERS, min_abstract_chars: int = MIN_ABSTRACT_CHARS,
-          seed: int = 0, num_shards: int = 8, settings: dict | None = None, quiet: bool = False) -> dict:
+def build(meta: Iterable[str], out_dir: str, exclude: Iterable[str] = (), num_pairs: int | None = None,
+          min_class_papers: int | None = None, min_abstract_chars: int = MIN_ABSTRACT_CHARS,
+          seed: int = 0, num_shards: int = 8, settings: dict | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
   start = time.time()
   meta = list(meta)
   excluded = papers.read_exclude(exclude)
@@ -105,11 +111,21 @@ def build(meta: Iterable[str], out_dir: str, exclude: Iterable[str] = (), num_pa
       continue
     pools[p.klass].append(p)
 
+  physics = sum(class_papers.values())
+  notes = []
+  if min_class_papers is None:
+    min_class_papers = taxonomy.scaled(taxonomy.MIN_CLASS_PAPERS, physics)
+    notes.append(f"--min-class-papers {min_class_papers:,}: the paper's {taxonomy.MIN_CLASS_PAPERS:,} scaled to "
+                 f"{physics:,} physics papers")
+  if num_pairs is None:
+    num_pairs = taxonomy.scaled(NUM_PAIRS, physics)
+    notes.append(f"--num-pairs {num_pairs:,}: the paper's {NUM_PAIRS:,} scaled to {physics:,} physics papers")
+  if num_pairs < 1 or min_class_papers < 1:
+    raise ValueError(f"--num-pairs {num_pairs} / --min-class-papers {min_class_papers}: both must be >= 1")
   classes = sorted(c for c, n in class_papers.items() if n >= min_class_papers and len(pools[c]) >= 2)
   if not classes:
     raise ValueError(f"no class has {min_class_papers:,} papers in {meta} (largest: "
-                     f"{class_papers.most_common(3)}); lower --min-class-papers for a sample")
-  notes = []
+                     f"{class_papers.most_common(3)}); lower --min-class-papers")
   wanted = quotas(classes, num_pairs)
   drawn: list[tuple[papers.Paper, papers.Paper]] = []
   per_class = {}
@@ -123,18 +139,19 @@ def build(meta: Iterable[str], out_dir: str, exclude: Iterable[str] = (), num_pa
     per_class[c] = len(idx)
   random.Random(f"{seed}/order").shuffle(drawn)
 
-  counts.update({"pairs": len(drawn), "classes": len(classes), "pairs_per_class": per_class,
+  counts.update({"pairs": len(drawn), "classes": len(classes), "min_class_papers": min_class_papers,
+                 "physics_papers": physics, "pairs_per_class": per_class,
                  "papers_per_class": {c: len(pools[c]) for c in classes},
                  "class_papers_all": dict(sorted(class_papers.items())),
                  "dropped_classes": {c: n for c, n in sorted(class_papers.items()) if c not in classes}})
   if len(drawn) < num_pairs:
     notes.insert(0, f"{len(drawn):,} pairs written, fewer than the {num_pairs:,} asked: capped by the data")
   report = {"settings": settings or {}, "counts": counts, "notes": notes, "skipped": skipped.to_json()}
-  pairs = ({"anchor": a.abstract, "positive": b.abstract, "source": KIND, "anchor_id": a.id, "positive_id": b.id}
-           for a, b in drawn)
+  pairs = ({"anchor": a.abstract, "positive": b.abstract, "source": KIND, "anchor_id": a.id, "positive_id": b.id,
+            "label": a.klass} for a, b in drawn)
   m = writer.write_pairs(out_dir, pairs, num_shards,
                          lambda split: writer.manifest(KIND, split, seed, counts, {"meta": meta}),
-                         report, len(drawn), quiet)
+                         report, len(drawn), quiet, STAGE, overwrite)
   for note in notes:
     print(f"note: {note}")
   print(f"category: {len(drawn):,} pairs over {len(classes)} classes "

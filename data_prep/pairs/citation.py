@@ -42,6 +42,7 @@ from data_prep.corpus_io import Skipped
 from data_prep.pairs import papers, writer
 
 KIND = "citation"
+STAGE = "pairs citation"   # the output marker (physbert_jax.outputs)
 NUM_PAIRS = 1_000_000          # paper: 1M citation title pairs
 
 
@@ -228,7 +229,7 @@ def select_edges(source: Source, limit: int, seed: int, excluded: set[str], meta
 
 def build(source: Source, out_dir: str, meta: Iterable[str] = (), exclude: Iterable[str] = (),
           num_pairs: int = NUM_PAIRS, seed: int = 0, num_shards: int = 4, physics_only: bool = True,
-          settings: dict | None = None, quiet: bool = False) -> dict:
+          settings: dict | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
   start = time.time()
   meta = list(meta)
   excluded = papers.read_exclude(exclude)
@@ -269,7 +270,7 @@ def build(source: Source, out_dir: str, meta: Iterable[str] = (), exclude: Itera
   report = {"settings": settings or {}, "counts": counts, "notes": notes, "skipped": skipped.to_json()}
   m = writer.write_pairs(out_dir, iter(out), num_shards,
                          lambda split: writer.manifest(KIND, split, seed, counts, sources),
-                         report, len(out), quiet)
+                         report, len(out), quiet, STAGE, overwrite)
   for note in notes:
     print(f"note: {note}")
   print(f"citation ({source.name}): {counts['edges_read']:,} edges read -> {len(out):,} pairs; "

@@ -47,9 +47,15 @@ def read_exclude(paths: Iterable[str] | None) -> set[str]:
   """Ids to keep out of every pair (eval.build_sets' ids.txt): one a line; blank lines and '#' comments ignored."""
   ids: set[str] = set()
   for path in paths or ():
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        line = line.split("#", 1)[0].strip()
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"--exclude {path}: not a file (expected an ids file such as evalsets/ids.txt)")
+    with open(path, "rb") as f:
+      for n, raw in enumerate(f, 1):
+        try:
+          line = raw.decode("utf-8").split("#", 1)[0].strip()
+        except UnicodeDecodeError:
+          raise ValueError(f"--exclude {path}:{n}: not UTF-8 text; expected one arXiv id a line "
+                           "(evalsets/ids.txt)") from None
         if line:
           ids.add(arxiv_id(line))
   return ids

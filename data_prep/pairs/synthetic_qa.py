@@ -43,7 +43,7 @@ import numpy as np
 from data_prep import corpus_io, stage
 from data_prep.corpus_io import Skipped
 from data_prep.pairs import llm, papers, qa_text, writer
-from physbert_jax import records
+from physbert_jax import outputs, records
 
 KIND = "synthetic-qa"
 NUM_PAIRS = 2_000_000       # paper: 2M synthetic QA pairs
@@ -221,7 +221,7 @@ def merge(opts: Options, count: int) -> dict:
   split = {"records": sum(s["records"] for s in shards), "shards": shards}
   sources = {"corpus": list(opts.corpus), "exclude": list(opts.exclude), "generation": opts.generation()}
   m = writer.manifest(KIND, split, opts.seed, c, sources)
-  records.write_json_atomic(os.path.join(opts.out, records.MANIFEST), m)
+  outputs.write_json(os.path.join(opts.out, records.MANIFEST), m, sort_keys=True)
   return m
 
 

@@ -1,7 +1,7 @@
 """Writing pair shards (records.py's "physbert-pairs-v1"), their manifest and report.
 
 Single-process builders (category, citation) write into a staging directory next to --out and rename it into
-place at the end (corpus_io.publish_dir), so a directory with a manifest.json is always complete. The sharded
+place at the end (physbert_jax.outputs), so a directory with a manifest.json is always complete. The sharded
 synthetic-qa stage writes its part files straight into --out, each under a temp name renamed when closed.
 """
 
@@ -13,8 +13,8 @@ from typing import Iterable, Iterator
 
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from data_prep import corpus_io, stage
-from physbert_jax import records
+from data_prep import stage
+from physbert_jax import outputs, records
 
 # One record per ArrayRecord chunk: the input pipeline reads records in a global random order, and reading record i
 # should decompress only record i.
@@ -60,11 +60,12 @@ def manifest(kind: str, split: dict, seed: int, counts: dict, sources: dict | li
 
 
 def write_pairs(out_dir: str, pairs: Iterable[dict], num_shards: int, make_manifest, report: dict,
-                total: int | None = None, quiet: bool = True) -> dict:
+                total: int | None = None, quiet: bool = True, stage_name: str = "pairs",
+                overwrite: bool = False) -> dict:
   """Stage `pairs` into shards, add manifest.json (from `make_manifest(split_entry)`) and report.json, publish to
-  `out_dir` (replacing it); return the manifest. `pairs` may be lazy: it is consumed once, in order."""
-  tmp = corpus_io.staging_dir(out_dir)
-  try:
+  `out_dir` (replacing an earlier output of this stage only with `overwrite`: physbert_jax.outputs); return the
+  manifest. `pairs` may be lazy: it is consumed once, in order."""
+  with outputs.staged(out_dir, stage_name, overwrite) as tmp:
     writer = ShardWriter(tmp, num_shards)
     bar = stage.progress(total, "write", " pairs", quiet)
     for pair in pairs:
@@ -72,13 +73,8 @@ def write_pairs(out_dir: str, pairs: Iterable[dict], num_shards: int, make_manif
       bar.update(1)
     bar.close()
     m = make_manifest(writer.close())
-    records.write_json_atomic(os.path.join(tmp, "report.json"), report)
-    records.write_json_atomic(os.path.join(tmp, records.MANIFEST), m)  # Last: its presence means complete.
-  except BaseException:
-    import shutil
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  corpus_io.publish_dir(tmp, out_dir)
+    outputs.write_json(os.path.join(tmp, "report.json"), report, sort_keys=True)
+    outputs.write_json(os.path.join(tmp, records.MANIFEST), m, sort_keys=True)  # Last: its presence = complete.
   return m
 
 

@@ -1,0 +1,44 @@
+"""Helpers for the command-line tests: run a program as a user would, hash a folder tree, real-looking inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "data_prep", "demo_corpus", "abstracts.jsonl")
+_PHYSICS = ("cond-mat.str-el", "astro-ph.GA", "hep-th", "quant-ph", "physics.optics", "gr-qc")
+
+
+def snapshot_records() -> list[dict]:
+  """The demo abstracts as arXiv snapshot records (the OAI schema), 2015 papers over six physics classes."""
+  with open(DEMO, encoding="utf-8") as f:
+    docs = [json.loads(line) for line in f]
+  return [{"id": f"1501.{i:05d}", "submitter": None, "authors": "A. Author", "title": d["text"].split(". ")[0][:120],
+           "comments": None, "journal-ref": None, "doi": None, "report-no": None,
+           "categories": _PHYSICS[i % len(_PHYSICS)], "license": None, "abstract": d["text"],
+           "versions": [{"version": "v1", "created": "Mon, 05 Jan 2015 00:00:00 GMT"}], "update_date": "2015-01-05",
+           "authors_parsed": []} for i, d in enumerate(docs)]
+
+
+def tree_state(root) -> dict:
+  out = {}
+  for d, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(d, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    for name in dirs:
+      out[os.path.relpath(os.path.join(d, name), root) + "/"] = "dir"
+  return out
+
+
+def run(argv, cwd=REPO, timeout=300):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                        env=env)
