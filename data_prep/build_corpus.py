@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> None:
   stage.add_shard_flags(p)
   args = p.parse_args(argv)
   count, indices = stage.resolve_shards(args.num_shards, args.shard_index)
+  for flag, folder, writer, done in (("--meta", args.meta, "arxiv_metadata", "stats.json"),
+                                     ("--text", args.text, "pdf_to_text", "report.json")):
+    if folder and not os.path.isfile(os.path.join(folder, done)):
+      raise ValueError(f"{flag} {folder}: not a finished data_prep.{writer} folder (no {done}); run that stage "
+                       "(and its --merge) first")
   if not args.merge:
     settings = {"meta": os.path.abspath(args.meta), "text": args.text and os.path.abspath(args.text)}
     stage.run_parts("build_corpus", args.out, settings, count, indices,
@@ -144,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
   if args.merge or len(indices) == count:
     report = stage.merge_reports(args.out, count, "build_corpus")
     print(stage.summary_line("build_corpus", report))
+    if not report["counts"].get("documents"):
+      raise ValueError(f"{args.out}: no document written: {args.meta} holds no usable paper; check the metadata "
+                       "stage's report.json")
     print(f"abstract fallbacks: {report['counts'].get('abstract_fallback_reasons') or 'none'}")
     print(stage.skipped_summary(report["skipped"]))
 

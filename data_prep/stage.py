@@ -221,7 +221,9 @@ def skipped_summary(skipped_json: dict, show: int = 10) -> str:
 def claim_part_dir(out_dir: str, stage: str) -> None:
   """Make `out_dir` this stage's part folder, or refuse it: a folder holding anything this stage did not write
   (its marker says whose), or a plain file, is never written into."""
-  outputs.check_out(out_dir, stage, overwrite=True)   # this stage's own parts are reused or redone, never others'
+  # Parts are written into the folder, not renamed over it: a symbolic link to a folder (scratch space) is fine.
+  # This stage's own parts are reused or redone (overwrite=True); anything else is never written into.
+  outputs.check_out(os.path.realpath(out_dir), stage, overwrite=True)
   os.makedirs(out_dir, exist_ok=True)
   if not os.path.exists(os.path.join(out_dir, outputs.MARKER)):
     outputs.mark(out_dir, stage)

@@ -253,7 +253,8 @@ def build(metadata: str, citations_path: str | None, out: str, seed: int, min_cl
       write(sets.subdomain_file(domain),
             ({"id": p, "text": texts[p][1], "label": c} for c in codes for p in sub_eval[c]))
       write(os.path.join(sets.TRAIN_DIR, sets.subdomain_file(domain)),
-            ({"id": p, "anchor": texts[p][0], "positive": texts[p][1], "label": c} for c in codes for p in sub_train[c]))
+            ({"id": p, "anchor": texts[p][0], "positive": texts[p][1], "label": c}
+             for c in codes for p in sub_train[c]))
     with open(os.path.join(out, sets.IDS), "w") as f:
       f.writelines(p + "\n" for p in sorted(eval_ids))
     train_ids = set().union(*sub_train.values())

@@ -151,34 +151,29 @@ def read_workdir(workdir: str, step: int | None = None, best: bool = False) -> W
       source=f"{directory}/{step}", step=step, train_config=config)
 
 
-def import_hf(folder: str, out: str, pooling: str | None = None) -> str:
+def import_hf(folder: str, out: str, pooling: str | None = None, overwrite: bool = False) -> str:
   """HF/ST folder -> our workdir. Returns `out`."""
   import ml_collections
   from configs import mlm
   from physbert_jax import checkpointing
 
   w = read_hf_folder(folder)
-  _check_out(out)
-  tmp = out.rstrip("/") + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  config = mlm.get_config("base")
-  config.model = ml_collections.ConfigDict(dataclasses.asdict(w.cfg))
-  config.pooling = pooling or w.pooling
-  config.data.shards = ""                # imported weights come with no training data
-  config.init_from = ""
-  _write_json(os.path.join(tmp, "config.json"), json.loads(config.to_json_best_effort()))
-  _write_json(os.path.join(tmp, "encoder.json"), {
-      "max_length": w.max_length, "normalize": w.normalize, "lowercase": w.lowercase,
-      "imported_from": os.path.abspath(w.source)})
-  _copy_tokenizer(w.tokenizer_dir, os.path.join(tmp, "tokenizer"))
-  # A params-only train state: init_from (checkpointing.restore_params) reads `params` and nothing else.
-  manager = checkpointing.make_manager(tmp, config.checkpoint)
-  checkpointing.save(manager, 0, {"step": np.zeros((), np.int32), "params": w.params, "opt_state": {}})
-  manager.wait_until_finished()
-  manager.close()
-  shutil.rmtree(out, ignore_errors=True)   # _check_out allowed only an empty folder
-  os.replace(tmp, out)
+  with outputs.staged(out, "convert from-hf", overwrite) as tmp:   # a new or empty --out; published whole
+    config = mlm.get_config("base")
+    config.model = ml_collections.ConfigDict(dataclasses.asdict(w.cfg))
+    config.pooling = pooling or w.pooling
+    config.data.shards = ""                # imported weights come with no training data
+    config.init_from = ""
+    _write_json(os.path.join(tmp, "config.json"), json.loads(config.to_json_best_effort()))
+    _write_json(os.path.join(tmp, "encoder.json"), {
+        "max_length": w.max_length, "normalize": w.normalize, "lowercase": w.lowercase,
+        "imported_from": os.path.abspath(w.source)})
+    _copy_tokenizer(w.tokenizer_dir, os.path.join(tmp, "tokenizer"))
+    # A params-only train state: init_from (checkpointing.restore_params) reads `params` and nothing else.
+    manager = checkpointing.make_manager(tmp, config.checkpoint)
+    checkpointing.save(manager, 0, {"step": np.zeros((), np.int32), "params": w.params, "opt_state": {}})
+    manager.wait_until_finished()
+    manager.close()
   return out
 
 
@@ -257,7 +252,8 @@ def read_safetensors(folder: str) -> tuple[dict[str, np.ndarray], str]:
   raise FileNotFoundError(f"{folder}: no model.safetensors{hint}")
 
 
-def write_hf_folder(w: Weights, out: str, pooling: str | None = None, workdir: str | None = None) -> str:
+def write_hf_folder(w: Weights, out: str, pooling: str | None = None, workdir: str | None = None,
+                    overwrite: bool = False) -> str:
   """Weights -> a transformers + sentence-transformers folder at `out`. Returns `out`."""
   from safetensors.numpy import save_file
 
@@ -265,37 +261,32 @@ def write_hf_folder(w: Weights, out: str, pooling: str | None = None, workdir: s
   st_pooling = hf_names.pooling_to_st(pooling, w.cfg.hidden_size)
   if pooling == "mean_no_special":
     warnings.warn(NO_SPECIAL_WARNING, stacklevel=2)
-  _check_out(out)
-  tmp = out.rstrip("/") + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  head = "cls" in w.params
-  state = hf_names.to_hf_state_dict(w.params, prefix="bert." if head else "")
-  if head:   # tied to the word embeddings: one tensor on disk, as transformers saves it
-    del state["cls.predictions.decoder.weight"], state["cls.predictions.decoder.bias"]
-  save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-  _write_json(os.path.join(tmp, "config.json"),
-              hf_names.config_to_hf(w.cfg, "BertForMaskedLM" if head else "BertModel"))
-  _copy_tokenizer(w.tokenizer_dir, tmp, model_max_length=w.max_length)
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-  if w.normalize:
-    modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-    os.makedirs(os.path.join(tmp, "2_Normalize"))
-  _write_json(os.path.join(tmp, "modules.json"), modules)
-  _write_json(os.path.join(tmp, "1_Pooling", "config.json"), st_pooling)
-  _write_json(os.path.join(tmp, "sentence_bert_config.json"),
-              {"max_seq_length": w.max_length, "do_lower_case": w.lowercase})
-  _write_json(os.path.join(tmp, "config_sentence_transformers.json"), {
-      "model_type": "SentenceTransformer",
-      "__version__": {"sentence_transformers": ST_VERSION_CLAIMED, "transformers": "4.56.0", "pytorch": "2.4.0"},
-      "prompts": {"query": "", "document": ""}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
-  _write_json(os.path.join(tmp, "physbert_jax.json"),
-              {"pooling": pooling, "source": w.source, "step": w.step, "normalize": w.normalize})
-  with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-    f.write(model_card(w, pooling, os.path.basename(out.rstrip("/")), workdir))
-  shutil.rmtree(out, ignore_errors=True)   # _check_out allowed only an empty folder
-  os.replace(tmp, out)
+  with outputs.staged(out, "convert to-hf", overwrite) as tmp:   # a new or empty --out; published whole
+    head = "cls" in w.params
+    state = hf_names.to_hf_state_dict(w.params, prefix="bert." if head else "")
+    if head:   # tied to the word embeddings: one tensor on disk, as transformers saves it
+      del state["cls.predictions.decoder.weight"], state["cls.predictions.decoder.bias"]
+    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    _write_json(os.path.join(tmp, "config.json"),
+                hf_names.config_to_hf(w.cfg, "BertForMaskedLM" if head else "BertModel"))
+    _copy_tokenizer(w.tokenizer_dir, tmp, model_max_length=w.max_length)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if w.normalize:
+      modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+      os.makedirs(os.path.join(tmp, "2_Normalize"))
+    _write_json(os.path.join(tmp, "modules.json"), modules)
+    _write_json(os.path.join(tmp, "1_Pooling", "config.json"), st_pooling)
+    _write_json(os.path.join(tmp, "sentence_bert_config.json"),
+                {"max_seq_length": w.max_length, "do_lower_case": w.lowercase})
+    _write_json(os.path.join(tmp, "config_sentence_transformers.json"), {
+        "model_type": "SentenceTransformer",
+        "__version__": {"sentence_transformers": ST_VERSION_CLAIMED, "transformers": "4.56.0", "pytorch": "2.4.0"},
+        "prompts": {"query": "", "document": ""}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+    _write_json(os.path.join(tmp, "physbert_jax.json"),
+                {"pooling": pooling, "source": w.source, "step": w.step, "normalize": w.normalize})
+    with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+      f.write(model_card(w, pooling, os.path.basename(out.rstrip("/")), workdir))
   return out
 
 
@@ -323,11 +314,6 @@ def _copy_tokenizer(src: str, dst: str, model_max_length: int | None = None) -> 
     path = os.path.join(dst, "tokenizer_config.json")
     config = _read_json(path) if os.path.exists(path) else {"tokenizer_class": "BertTokenizer"}
     _write_json(path, {**config, "model_max_length": model_max_length})
-
-
-def _check_out(out: str) -> None:
-  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-    raise FileExistsError(f"{out} exists and is not empty; choose another --out or delete it")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -423,10 +409,12 @@ def main(argv: list[str] | None = None) -> None:
   which.add_argument("--best", action="store_true", help="the step named in workdir/best.json")
   to_hf.add_argument("--out", required=True)
   to_hf.add_argument("--pooling", choices=("mean", "cls", "mean_no_special"), help="default: the run's")
+  to_hf.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
   from_hf = sub.add_parser("from-hf", help="BERT / sentence-transformers folder -> physbert-jax workdir")
   from_hf.add_argument("--hf", required=True, help="a local folder (nothing is downloaded)")
   from_hf.add_argument("--out", required=True)
   from_hf.add_argument("--pooling", choices=("mean", "cls", "mean_no_special"), help="default: the folder's")
+  from_hf.add_argument("--overwrite", action="store_true", help="replace an earlier import in --out")
   args = parser.parse_args(argv)
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   absl_logging.set_verbosity(absl_logging.ERROR)   # Orbax warns about every read-only checkpoint it opens
@@ -435,12 +423,15 @@ def main(argv: list[str] | None = None) -> None:
       if not is_workdir(args.workdir):
         raise FileNotFoundError(f"{args.workdir}: not a physbert-jax workdir (no config.json / checkpoints)")
       w = read_workdir(args.workdir, step=args.step, best=args.best)
-      out = write_hf_folder(w, args.out, pooling=args.pooling, workdir=args.workdir)
+      out = write_hf_folder(w, args.out, pooling=args.pooling, workdir=args.workdir, overwrite=args.overwrite)
       print(f"wrote {out} from {w.source}", file=sys.stderr)
     else:
-      out = import_hf(args.hf, args.out, pooling=args.pooling)
+      out = import_hf(args.hf, args.out, pooling=args.pooling, overwrite=args.overwrite)
       print(f"wrote {out}; train from it with --config.init_from={out}", file=sys.stderr)
   except (OSError, ValueError, KeyError) as e:
+    if outputs.is_disk_full(e):
+      sys.exit(f"convert {args.command}: no space left on the device while writing {args.out}; nothing was "
+               "written. Free space and rerun")
     sys.exit(f"convert {args.command}: {e}")
 
 

@@ -58,7 +58,10 @@ def check_out(out: str, stage: str, overwrite: bool = False, flag: str = "--out"
     if not os.path.isdir(parent):
       raise OutputError(f"{flag} {out}: {parent} is a file, not a folder; choose another path")
     return
-  if not os.path.isdir(out) or os.path.islink(out):
+  if os.path.islink(out):   # publishing renames --out itself: the link would be replaced, not its target written
+    raise OutputError(f"{flag} {out} is a symbolic link; nothing was changed. Give the folder's real path "
+                      f"({os.path.realpath(out)})")
+  if not os.path.isdir(out):
     raise OutputError(f"{flag} {out} is a file, not a folder; nothing was changed. Choose a new folder path")
   names = sorted(n for n in os.listdir(out) if n != MARKER)
   own = _marker_stage(out)
@@ -120,9 +123,13 @@ def staging_dir(out: str) -> str:
   for path in remove_stale_staging(out):
     print(f"removed {path}: the staging folder of an earlier run that did not finish")
   tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
-  os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the published folder is shared with other jobs and users.
-  with open(os.path.join(tmp, _OWNER), "w") as f:
-    json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
+  try:
+    os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the published folder is shared with other jobs and users.
+    with open(os.path.join(tmp, _OWNER), "w") as f:
+      json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
   return tmp
 
 
@@ -163,16 +170,25 @@ def staged(out: str, stage: str, overwrite: bool = False) -> Iterator[str]:
   """`with staged(out, stage) as tmp:` write into tmp; published to `out` when the block succeeds. On any failure
   the staging folder is removed; a full disk becomes DiskFullError naming `out`."""
   check_out(out, stage, overwrite)
-  tmp = staging_dir(out)
+  tmp = None
   try:
+    tmp = staging_dir(out)
     yield tmp
   except BaseException as e:
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
+    if is_disk_full(e):
+      raise DiskFullError(errno.ENOSPC, f"no space left on the device while writing {out}; the partial output "
+                                        "was removed. Free space (or choose another --out) and rerun") from e
+    raise
+  try:
+    publish_dir(tmp, out, stage, overwrite)
+  except OSError as e:   # the marker did not fit
     shutil.rmtree(tmp, ignore_errors=True)
     if is_disk_full(e):
       raise DiskFullError(errno.ENOSPC, f"no space left on the device while writing {out}; the partial output "
                                         "was removed. Free space (or choose another --out) and rerun") from e
     raise
-  publish_dir(tmp, out, stage, overwrite)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from clitools import DEMO, run, snapshot_records, tree_state
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-  from data_prep import build_mlm_shards, train_tokenizer
+  from data_prep import arxiv_metadata, build_mlm_shards, train_tokenizer
   from data_prep.pairs import category
   root = tmp_path_factory.mktemp("base")
   os.makedirs(root / "corpus")
@@ -30,10 +30,12 @@ def base(tmp_path_factory):
   with gzip.open(root / "meta.jsonl.gz", "wt", encoding="utf-8") as f:
     f.writelines(json.dumps(r) + "\n" for r in snapshot_records())
   category.build([str(root / "meta.jsonl.gz")], str(root / "pairs"), num_pairs=50, num_shards=1, quiet=True)
+  arxiv_metadata.main(["--snapshot", str(root / "meta.jsonl.gz"), "--out", str(root / "meta"), "--quiet"])
   os.makedirs(root / "other")
   (root / "other" / "notes.txt").write_text("my own notes\n")
   (root / "plain_file").write_text("not a folder\n")
   (root / "empty_dir").mkdir()
+  os.symlink(root / "empty_dir", root / "link")
   (root / "ids.bin").write_bytes(b"\xff\xfe\x00\x81binary")
   (root / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
   (root / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
@@ -75,6 +77,7 @@ ROWS = [
     ("shards: --out is the tokenizer", lambda t: SHARDS(t, f"{t}/tokenizer"), 1, "output of train_tokenizer"),
     ("shards: --out is a plain file", lambda t: SHARDS(t, f"{t}/plain_file"), 1, "is a file, not a folder"),
     ("shards: --out is a user's folder", lambda t: SHARDS(t, f"{t}/other"), 1, NOT_WRITTEN + r" \(notes.txt\)"),
+    ("shards: --out is a symbolic link", lambda t: SHARDS(t, f"{t}/link"), 1, "link is a symbolic link"),
     ("shards: --out under a plain file", lambda t: SHARDS(t, f"{t}/plain_file/x"), 1, "is a file, not a folder"),
     ("shards: earlier build, other settings, no --overwrite",
      lambda t: [*SHARDS(t, f"{t}/shards")[:-4], "--seq-len", "32", "--out", f"{t}/shards"], 1,
@@ -82,7 +85,8 @@ ROWS = [
     ("shards: --tokenizer missing", lambda t: [SH, "--corpus", f"{t}/corpus", "--tokenizer", f"{t}/nope",
                                                "--out", f"{t}/s2"], 1, "no tokenizer.json there"),
     ("shards: --tokenizer damaged", lambda t: [SH, "--corpus", f"{t}/corpus", "--tokenizer", f"{t}/bad-tokenizer",
-                                               "--out", f"{t}/s2"], 1, "bad-tokenizer/tokenizer.json: not a tokenizers"),
+                                               "--out", f"{t}/s2"], 1,
+     "bad-tokenizer/tokenizer.json: not a tokenizers"),
     ("shards: --seq-len 1", lambda t: [*SHARDS(t, f"{t}/s2")[:-4], "--seq-len", "1", "--out", f"{t}/s2"], 1,
      "seq_len 1: a record needs"),
     ("shards: --corpus missing", lambda t: [SH, "--corpus", f"{t}/nope", "--tokenizer", f"{t}/tokenizer",
@@ -117,8 +121,10 @@ ROWS = [
     ("metadata: --out is a user's folder", lambda t: [META, "--snapshot", f"{t}/meta.jsonl.gz", "--out",
                                                       f"{t}/other"], 1, NOT_WRITTEN),
     # --- data_prep.build_corpus ---
-    ("corpus: --out is the shards", lambda t: [CORP, "--meta", f"{t}/m", "--out", f"{t}/shards"], 1,
+    ("corpus: --out is the shards", lambda t: [CORP, "--meta", f"{t}/meta", "--out", f"{t}/shards"], 1,
      "output of build_mlm_shards"),
+    ("corpus: --meta not a metadata folder", lambda t: [CORP, "--meta", f"{t}/corpus", "--out", f"{t}/c2"], 1,
+     "--meta .*corpus: not a finished data_prep.arxiv_metadata folder"),
     # --- data_prep.pairs ---
     ("pairs: category --num-pairs 0", lambda t: PAIRS(t, f"{t}/p2", "--num-pairs", "0"), 2,
      "--num-pairs 0: must be >= 1"),

@@ -186,7 +186,7 @@ def test_missing_checkpoint_and_busy_out(tmp_path, tiny_run, exported):
     Encoder.load(str(empty))
   with pytest.raises(FileNotFoundError, match="no checkpoint for step 7; it has steps \\[2\\]"):
     convert.read_workdir(tiny_run, step=7)
-  with pytest.raises(SystemExit, match="exists and is not empty"):
+  with pytest.raises(SystemExit, match="holds an earlier output of convert to-hf"):
     convert.main(["to-hf", "--workdir", tiny_run, "--out", exported])
   with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
     convert.load(str(tmp_path / "bert-base-uncased"))

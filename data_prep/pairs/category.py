@@ -88,7 +88,8 @@ def usable(paper: papers.Paper, min_chars: int) -> str | None:
 
 def build(meta: Iterable[str], out_dir: str, exclude: Iterable[str] = (), num_pairs: int | None = None,
           min_class_papers: int | None = None, min_abstract_chars: int = MIN_ABSTRACT_CHARS,
-          seed: int = 0, num_shards: int = 8, settings: dict | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
+          seed: int = 0, num_shards: int = 8, settings: dict | None = None, quiet: bool = False,
+          overwrite: bool = False) -> dict:
   start = time.time()
   meta = list(meta)
   excluded = papers.read_exclude(exclude)
