@@ -35,12 +35,12 @@ def decay_mask(params) -> dict:
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation,
                                                                                optax.Schedule]:
-  checks = {"lr": cfg.lr > 0, "b1": 0 <= cfg.b1 < 1, "b2": 0 <= cfg.b2 < 1, "eps": cfg.eps > 0,
+  checks = {"lr": cfg.lr >= 0, "b1": 0 <= cfg.b1 < 1, "b2": 0 <= cfg.b2 < 1, "eps": cfg.eps > 0,
             "weight_decay": cfg.weight_decay >= 0, "clip_norm": cfg.clip_norm >= 0,
             "warmup_steps": cfg.warmup_steps >= 0}
   bad = [f"config.optimizer.{k}={cfg[k]}" for k, ok in checks.items() if not ok]
   if bad:   # a negative lr trains uphill without a word; refuse it instead
-    raise ValueError(f"{', '.join(bad)}: out of range (lr, eps > 0; 0 <= b1, b2 < 1; weight_decay, clip_norm, "
+    raise ValueError(f"{', '.join(bad)}: out of range (eps > 0; 0 <= b1, b2 < 1; lr, weight_decay, clip_norm, "
                      "warmup_steps >= 0)")
   schedule = learning_rate_schedule(cfg, total_steps)
   tx = optax.chain(

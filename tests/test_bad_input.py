@@ -35,7 +35,7 @@ def base(tmp_path_factory):
   (root / "other" / "notes.txt").write_text("my own notes\n")
   (root / "plain_file").write_text("not a folder\n")
   (root / "empty_dir").mkdir()
-  os.symlink(root / "empty_dir", root / "link")
+  os.symlink("empty_dir", root / "link")          # relative: the copy of the tree keeps it a link
   (root / "ids.bin").write_bytes(b"\xff\xfe\x00\x81binary")
   (root / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
   (root / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
@@ -188,7 +188,7 @@ ROWS = [
 def test_bad_input(base, tmp_path, name, argv, rc, pattern):
   import re
   tree = tmp_path / "t"
-  shutil.copytree(base, tree)
+  shutil.copytree(base, tree, symlinks=True)
   before = tree_state(tree)
   r = run(argv(str(tree)))
   out = r.stdout + r.stderr

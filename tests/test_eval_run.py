@@ -158,7 +158,8 @@ def test_clustering_split_by_trained_classes_and_knn(sets_dir, tmp_path):
   assert "v_measure_untrained" not in out             # one class left: nothing to cluster
   knn = metrics.knn_accuracy(emb, labels)
   assert out["knn_accuracy"] == knn["knn_accuracy"] and out["knn_per_class"] == knn["knn_per_class"]
-  report = {"tasks": ["clustering"], "models": [{"name": "bow", "tasks": {"clustering": out}}],
+  report = {"tasks": ["clustering"], "models": [{"name": "bow", "path": "bow", "fingerprint": enc.fingerprint,
+                                                "tasks": {"clustering": out}}],
             "sets": {"dir": str(sets_dir)}, "versions": {}, "command": ""}
   from eval import report as report_lib
   md = report_lib.markdown(report)
