@@ -211,11 +211,6 @@ def atomic_path(path: str) -> Iterator[str]:
     raise
 
 
-def write_bytes(path: str, data: bytes) -> None:
-  with atomic_path(path) as tmp, open(tmp, "wb") as f:
-    f.write(data)
-
-
 def write_json(path: str, obj, indent: int | None = 2, sort_keys: bool = False) -> None:
   with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=indent, sort_keys=sort_keys, ensure_ascii=False)

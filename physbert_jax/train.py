@@ -210,10 +210,10 @@ def copy_tokenizer(tokenizer_dir: str, workdir: str) -> None:
   dst = os.path.join(workdir, "tokenizer")
   if jax.process_index() != 0 or os.path.isdir(dst):
     return
-  tmp = dst + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
+  tmp = os.path.join(outputs.staging_dir(dst), "t")   # a fresh folder: never a path someone else may own
   shutil.copytree(tokenizer_dir, tmp)
   os.replace(tmp, dst)
+  shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)   # the now-empty staging folder, ours
 
 
 def _flush(pending, writer, speed) -> dict:
