@@ -113,6 +113,10 @@ def markdown(report: dict) -> str:
   if figures:
     lines += ["", "## Figure 2: PCA of clustering-set embeddings", ""]
     lines += [f"![{m['name']}]({m['figure']})" for m in figures]
+  curves = [m for m in report["models"] + report.get("curves", []) if m.get("curves")]
+  if curves:
+    lines += ["", "## Training curves", ""]
+    lines += [f"![{m['name']}]({m['curves']})" for m in curves]
   return "\n".join(lines) + "\n"
 
 
@@ -181,6 +185,41 @@ def pca_figure(embeddings: np.ndarray, labels: np.ndarray, path: str, title: str
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def curves_figure(metrics_path: str, path: str, title: str) -> bool:
+  """A training run's curves from its metrics.jsonl: the training loss with the held-out loss (MLM: eval_loss),
+  and the validation metrics over steps (contrastive: val_*; MLM: masked-token accuracy). False if there is none."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  series: dict[str, list[tuple[int, float]]] = {}
+  with open(metrics_path) as f:
+    for line in f:
+      row = json.loads(line)
+      for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)):
+          series.setdefault(k, []).append((row["step"], v))
+  if "loss" not in series:
+    return False
+  right = sorted(k for k in series if k.startswith("val_")) or [
+      k for k in ("mlm_accuracy", "eval_mlm_accuracy", "accuracy") if k in series]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+  for ax, keys, label in ((axes[0], [k for k in ("loss", "eval_loss") if k in series], "loss"),
+                          (axes[1], right, "metric")):
+    for k in keys:
+      steps, values = zip(*series[k])
+      ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel(label)
+    if keys:
+      ax.legend(fontsize=7)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return True
 
 
 def write(report: dict, out: str) -> None:

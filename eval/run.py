@@ -9,7 +9,8 @@ it, `WORKDIR@STEP` picks a checkpoint, and `random` adds a chance-level row. --t
 subdomain-<domain>. Embeddings are cached under --cache by (model fingerprint, set file hash), so adding a model
 to a report encodes only that model. Runs offline.
 
-Writes --out/results.json, table.md, table.csv and pca-<model>.png (the paper's Figure 2). Exit status 2 with a
+Writes --out/results.json, table.md, table.csv, pca-<model>.png (the paper's Figure 2) and, for a training
+workdir, curves-<model>.png (its losses and validation metrics over steps). Exit status 2 with a
 message naming the file for a malformed or empty set or a model folder that cannot be loaded; a task whose set
 was not built is reported as skipped and the rest still runs.
 """
@@ -108,6 +109,13 @@ def load_encoder(spec: str, pooling: str | None, max_length: int, dtype: str):
   return enc
 
 
+def workdir_of(spec: str) -> str:
+  """The folder of a --model spec PATH[@STEP][#POOLING]."""
+  path = spec.split("#")[0]
+  head, at, step = path.rpartition("@")
+  return head if at and (step.isdigit() or step == "best") else path
+
+
 def sets_info(sets_dir: str) -> dict:
   manifest = sets.read_manifest(sets_dir)
   path = os.path.join(sets_dir, sets.MANIFEST)
@@ -154,6 +162,11 @@ def evaluate(encoders, task_names: list[str], ctx: tasks.Context, out: str, comm
       figure = f"pca-{report_lib.slug(name)}.png"
       report_lib.pca_figure(emb, labels, os.path.join(out, figure), f"{name}: clustering set, PCA")
       entry["figure"] = figure
+    metrics = os.path.join(workdir_of(spec), "metrics.jsonl")
+    curves = f"curves-{report_lib.slug(name)}.png"
+    if os.path.isfile(metrics) and report_lib.curves_figure(metrics, os.path.join(out, curves),
+                                                            f"{name}: training curves"):
+      entry["curves"] = curves
     report_lib.write(report, out)
   report_lib.write(report, out)
   return report
@@ -173,6 +186,8 @@ def main(argv=None):
   p.add_argument("--dtype", default="float32")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seed", type=int, default=0, help="fold split and KMeans initialisation")
+  p.add_argument("--curves", action="append", default=[], metavar="WORKDIR",
+                 help="also plot this training run's curves (curves-<run>.png), without evaluating it")
   p.add_argument("--trained-pairs", nargs="*", default=[], metavar="PAIR_SET",
                  help="pair sets the models were fine-tuned on (data/pairs/category): clustering is also reported "
                       "on the classes they teach and on the others, apart")
@@ -196,6 +211,15 @@ def main(argv=None):
       tasks.validate(ctx, t)  # a malformed set fails now, before models load and hours of encoding
     encoders = [(m, load_encoder(m, args.pooling, args.max_length, args.dtype)) for m in args.model]
     report = evaluate(encoders, task_names, ctx, args.out, command, validate=False)
+    for run in args.curves:
+      metrics = os.path.join(workdir_of(run), "metrics.jsonl")
+      if not os.path.isfile(metrics):
+        raise ModelError(f"--curves {run}: no {metrics}; give a training workdir")
+      name = os.path.basename(os.path.abspath(workdir_of(run)))
+      figure = f"curves-{report_lib.slug(name)}.png"
+      report_lib.curves_figure(metrics, os.path.join(args.out, figure), f"{name}: training curves")
+      report.setdefault("curves", []).append({"name": name, "path": run, "curves": figure})
+    report_lib.write(report, args.out)
   except (sets.SetError, ModelError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -1,7 +1,8 @@
-"""Orbax checkpoints under workdir/checkpoints: the train state and the Grain iterator position, saved together.
+"""Orbax checkpoints under workdir/checkpoints: the train state at a step.
 
-Layout: workdir/checkpoints/<step>/{state, data}. `state` is the TrainState pytree (sharded arrays are written
-by every process in parallel); `data` is one small JSON per process with that process's iterator state.
+Layout: workdir/checkpoints/<step>/state, the TrainState pytree (sharded arrays are written by every process in
+parallel). The data position is the step itself (input_pipeline: batch s is a function of (seed, s)), so a
+checkpoint restores on any number of processes.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ import os
 import shutil
 import time
 
-import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as preservation
 
-from physbert_jax import outputs
+from physbert_jax import multihost, outputs
 
 BEST = "best.json"
 
@@ -38,7 +38,7 @@ def make_manager(workdir: str, cfg: ml_collections.ConfigDict, best_metric: str 
       create=True)
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
-      item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
+      item_handlers={"state": ocp.StandardCheckpointHandler()})
 
 
 def check_space(workdir: str, state, step: int) -> None:
@@ -53,24 +53,22 @@ def check_space(workdir: str, state, step: int) -> None:
                      "last checkpoint")
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iter=None, force: bool = False,
-         metrics: dict | None = None) -> bool:
-  items = {"state": ocp.args.StandardSave(state)}
-  if data_iter is not None:
-    items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-  return manager.save(step, args=ocp.args.Composite(**items), force=force, metrics=metrics)
+def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False, metrics: dict | None = None) -> bool:
+  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force,
+                      metrics=metrics)
 
 
 def record_best(workdir: str, step: int, metrics: dict, key: str) -> bool:
   """workdir/best.json names the best step so far by metrics[key] (higher is better); `convert --best` reads it."""
+  if jax.process_index() != 0:             # one writer; every process has the same metrics (multihost.broadcast)
+    return False
   path = os.path.join(workdir, BEST)
   if os.path.exists(path):
     with open(path) as f:
       best = json.load(f)
     if best["metric"] == key and best["metrics"][key] >= metrics[key]:
       return False
-  if jax.process_index() == 0:
-    outputs.write_json(path, {"step": int(step), "metric": key, "metrics": metrics})
+  outputs.write_json(path, {"step": int(step), "metric": key, "metrics": metrics})
   return True
 
 
@@ -82,19 +80,16 @@ def best_step(workdir: str) -> int:
     return int(json.load(f)["step"])
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter=None):
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   """Restore into the shardings of `abstract_state` (a pytree of jax.ShapeDtypeStruct with .sharding)."""
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
-  if data_iter is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
   return restored["state"]
 
 
-def restore_latest_intact(manager: ocp.CheckpointManager, abstract_state, data_iter=None, log=print):
+def restore_latest_intact(manager: ocp.CheckpointManager, abstract_state, log=print):
   """(state, step) from the newest checkpoint that reads back whole; (None, None) when there is none.
 
-  A checkpoint that cannot be read (a truncated array file, a damaged data-iterator JSON: a full disk or a copy
+  A checkpoint that cannot be read (a truncated array file, a damaged metadata JSON: a full disk or a copy
   cut short) is named, with the error, and the next older one is tried: resuming from an intact step 4 is better
   than a traceback about step 6. Nothing is deleted: a damaged step is moved to workdir/damaged-checkpoints/ (the
   run will save that step again), and the log says so. When no checkpoint reads, the error lists every one.
@@ -102,12 +97,15 @@ def restore_latest_intact(manager: ocp.CheckpointManager, abstract_state, data_i
   directory = manager.directory
   failures = []
   for step in sorted(manager.all_steps(), reverse=True):
+    error = None
     try:
-      state = restore(manager, step, abstract_state, data_iter)
-    except Exception as e:   # Orbax, TensorStore and Grain raise many types for a damaged file
-      detail = " ".join(str(e).split())[:400]
+      state = restore(manager, step, abstract_state)
+    except Exception as e:   # Orbax and TensorStore raise many types for a damaged file
+      error = e
+    if not multihost.everywhere(error is None):   # a process whose shards read fine must fall back with the others
+      detail = " ".join(str(error).split())[:400] if error else "its files failed to read on another process"
       broken = _unreadable_json(os.path.join(str(directory), str(step)))
-      failures.append(f"{directory}/{step}: {broken or type(e).__name__}: {detail}")
+      failures.append(f"{directory}/{step}: {broken or type(error).__name__}: {detail}")
       log(f"warning: checkpoint {directory}/{step} cannot be restored ({failures[-1]}); trying the one before it")
       continue
     if failures:
@@ -117,6 +115,7 @@ def restore_latest_intact(manager: ocp.CheckpointManager, abstract_state, data_i
       if jax.process_index() == 0:
         for s in newer:
           os.replace(os.path.join(str(directory), str(s)), os.path.join(aside, f"{s}-{int(time.time())}"))
+      multihost.barrier("damaged checkpoints moved")
       manager.reload()
       log(f"warning: resumed from {directory}/{step}, the newest intact checkpoint; the damaged newer ones "
           f"({', '.join(map(str, newer))}) were moved to {aside}")

@@ -69,7 +69,7 @@ class Encoder:
     cfg = dataclasses.replace(weights.cfg, dtype=self.dtype, remat=False,
                               attention_impl="cpu" if jax.default_backend() == "cpu" else None)
     encoder_params = {k: v for k, v in weights.params.items() if k != "cls"}   # the MLM head is not used
-    self._params = jax.device_put(encoder_params)
+    self._params = jax.device_put(encoder_params, jax.local_devices()[0])   # this process's own device
     self._embed = jax.jit(functools.partial(_embed, Bert(cfg), self.pooling, self.normalize))
 
   @classmethod

@@ -15,7 +15,7 @@ import os
 import jax
 import ml_collections
 
-from physbert_jax import checkpointing
+from physbert_jax import checkpointing, multihost
 
 
 def _short(key: str, value) -> str:
@@ -50,6 +50,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, train_fn) -> dict:
   base = copy.deepcopy(config.to_dict())
   base["grid"] = []
   if config.get("subdomain"):
+    multihost.once("subdomain pairs", lambda: prepare_subdomain_pairs(config, workdir))
     base["data"]["sources"] = [{"path": prepare_subdomain_pairs(config, workdir), "weight": 1.0}]
   results = []
   for values in itertools.product(*(v for _, v in config.grid)):

@@ -63,7 +63,8 @@ def check_out(out: str, stage: str, overwrite: bool = False, flag: str = "--out"
                       f"({os.path.realpath(out)})")
   if not os.path.isdir(out):
     raise OutputError(f"{flag} {out} is a file, not a folder; nothing was changed. Choose a new folder path")
-  names = sorted(n for n in os.listdir(out) if n != MARKER)
+  # Another process's marker being written (array tasks claim one folder together) is not a foreign file.
+  names = sorted(n for n in os.listdir(out) if n != MARKER and not n.startswith(f".{MARKER}."))
   own = _marker_stage(out)
   if own == stage:
     if names and not overwrite:

@@ -19,13 +19,13 @@ processes, `pad_to_common_length` pads every process's slice to the longest buck
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from typing import Callable, Sequence
 
 import grain
 import jax
 import numpy as np
-from absl import flags
 
 from physbert_jax import records
 
@@ -134,52 +134,60 @@ def pad_to_common_length(local: dict[str, np.ndarray], gather: Callable[[np.ndar
   return out
 
 
-def make_pair_loader(sources: list[dict], *, tokenizer_dir: str, max_length: int, global_batch_size: int,
-                     seed: int, worker_count: int = 0, hard_negatives: bool = False,
-                     length_buckets: Sequence[int] = (), one_source_per_batch: bool = True,
-                     process_index: int | None = None, process_count: int | None = None):
-  """An infinite, checkpointable iterator of per-process pair batches, and the per-source record counts.
+@dataclasses.dataclass
+class ReadPairBatch(grain.transforms.Map):
+  """(rows, 2) [source, record] indices -> one padded batch: read, tokenized (TokenizePair), PadToBucket."""
+  paths: tuple[tuple[str, ...], ...]      # per source: its shard files
+  tokenize: TokenizePair
+  pad: PadToBucket
 
-  sources: [{"path": pair shard dir, "weight": float}, ...]. length_buckets: see bucket_lengths().
+  def __post_init__(self):
+    self._sources = None
+
+  def map(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    if self._sources is None:             # opened lazily: once per worker process
+      self._sources = [grain.sources.ArrayRecordDataSource(list(p)) for p in self.paths]
+    return self.pad([self.tokenize.map(self._sources[int(s)][int(i)]) for s, i in rows])
+
+
+def pair_batches(sources: list[dict], *, tokenizer_dir: str, max_length: int, global_batch_size: int, seed: int,
+                 rows: slice | None = None, hard_negatives: bool = False, length_buckets: Sequence[int] = (),
+                 one_source_per_batch: bool = True) -> tuple[grain.MapDataset, dict[str, int]]:
+  """(element s = this process's `rows` of global pair batch s, the per-source pair counts).
+
+  sources: [{"path": pair shard dir, "weight": float}, ...]. length_buckets: see bucket_lengths(). Each source is
+  shuffled and repeated on its own (input_pipeline.record_order); like the MLM batches, batch s is a function of
+  (seed, step) only, whatever the number of processes.
   one_source_per_batch: every batch is drawn from one source, sources chosen by weight, as sentence-transformers'
   default PROPORTIONAL multi-dataset sampler does: the in-batch negatives are of the same kind as the positive (a
   title is not told apart from abstracts by its length), and short-text batches get short buckets. The choice is
-  a deterministic function of the step, so every process draws from the same source. False: pairs are mixed
-  within each batch.
+  a deterministic function of the step (grain.MapDataset.mix). False: pairs are mixed within each batch.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if global_batch_size % process_count:
-    raise ValueError(f"global batch {global_batch_size} does not divide over {process_count} processes")
+  from physbert_jax import input_pipeline
   tokenizer_path = f"{tokenizer_dir}/tokenizer.json"
-  pad_id = pad_token_id(tokenizer_path)
-  datasets, weights, counts = [], [], {}
+  rows = rows or input_pipeline.all_rows(global_batch_size)
+  orders, weights, counts, paths = [], [], {}, []
   for i, src in enumerate(sources):
-    paths = records.shard_paths(src["path"], "train", fmt=records.PAIRS_FORMAT)
-    source = grain.sources.ArrayRecordDataSource(paths)
-    if len(source) < process_count:
-      raise ValueError(f"{src['path']}: {len(source)} pairs, fewer than the {process_count} processes")
-    counts[src["path"]] = len(source)
-    ds = (grain.MapDataset.source(source)
-          .slice(slice(process_index, None, process_count))    # this process's pairs
-          .shuffle(seed=seed + i)
-          .repeat(None))                                        # reshuffled every epoch
-    datasets.append(ds)
+    shard_files = tuple(records.shard_paths(src["path"], "train", fmt=records.PAIRS_FORMAT))
+    n = len(grain.sources.ArrayRecordDataSource(list(shard_files)))
+    if n == 0:
+      raise ValueError(f"{src['path']}: no pairs")
+    counts[src["path"]] = n
+    paths.append(shard_files)
+    orders.append(input_pipeline.record_order(n, seed + i).map(functools.partial(_tag, i)))
     weights.append(float(src["weight"]))
-  tokenize = TokenizePair(tokenizer_path, max_length, hard_negatives)
-  pad = PadToBucket(bucket_lengths(max_length, length_buckets), pad_id)
-  batch = lambda d: d.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=pad)
+  read = ReadPairBatch(tuple(paths), TokenizePair(tokenizer_path, max_length, hard_negatives),
+                       PadToBucket(bucket_lengths(max_length, length_buckets), pad_token_id(tokenizer_path)))
+  mix = lambda parts: grain.MapDataset.mix(parts, weights) if len(parts) > 1 else parts[0]
   if one_source_per_batch:
-    batched = [batch(d.map(tokenize)) for d in datasets]
-    mixed = grain.MapDataset.mix(batched, weights) if len(batched) > 1 else batched[0]
+    ds = mix([input_pipeline.step_rows(o, global_batch_size, rows) for o in orders])
   else:
-    mixed = batch((grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]).map(tokenize))
-  ds = mixed.to_iter_dataset()
-  if worker_count:
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return iter(ds), counts
+    ds = input_pipeline.step_rows(mix(orders), global_batch_size, rows)
+  return ds.map(read), counts
+
+
+def _tag(source: int, index) -> np.ndarray:
+  return np.array([source, index], np.int64)
 
 
 def trained_classes(paths: Sequence[str]) -> frozenset | None:

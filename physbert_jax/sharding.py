@@ -35,6 +35,12 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
   return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
+def local_mesh() -> Mesh:
+  """One device of this process, with the same axis names: for work one process does alone (validation)."""
+  return jax.make_mesh((1,) * len(MESH_AXES), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=jax.local_devices()[:1])
+
+
 def logical_rules(cfg: ml_collections.ConfigDict) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
   return tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.rules)
 
@@ -60,6 +66,20 @@ def check_batch_divides(global_batch_size: int, mesh: Mesh, grad_accum_steps: in
         f"config.data.global_batch_size={global_batch_size} must be divisible by the {shards} batch shards "
         f"(mesh {dict(mesh.shape)}) x {grad_accum_steps} accumulation steps; pick a multiple of "
         f"{shards * grad_accum_steps}")
+
+
+def process_rows(mesh: Mesh, global_batch_size: int) -> slice:
+  """The rows of the global batch this process's devices hold: the rows its input pipeline reads.
+
+  jax.make_mesh puts each process's devices side by side along the batch axes, so they are one contiguous block;
+  make_array_from_process_local_data then places them where a single process would have them."""
+  index = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
+  spans = sorted({(s[0].start or 0, global_batch_size if s[0].stop is None else s[0].stop) for s in index.values()})
+  start, stop = spans[0][0], spans[-1][1]
+  if sum(b - a for a, b in spans) != stop - start:
+    raise ValueError(f"this process's devices hold rows {spans} of the global batch, not one contiguous block; "
+                     "build the mesh with jax.make_mesh (sharding.make_mesh) so each process's devices are adjacent")
+  return slice(start, stop)
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -16,21 +16,22 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from physbert_jax import contrastive, input_pipeline, metrics as metrics_lib, pair_pipeline, sharding, steps
+from physbert_jax import (contrastive, input_pipeline, metrics as metrics_lib, multihost, pair_pipeline, sharding,
+                          steps)
 from physbert_jax.masking import max_predictions
 from physbert_jax.model import BertConfig
 
 
 @dataclasses.dataclass
 class Stage:
-  data_iter: Any                 # checkpointable iterator of per-process batches (dicts of numpy arrays)
+  batches: Callable               # start step -> iterator of this process's batches (dicts of numpy arrays)
   total_steps: int
   steps_per_epoch: int
   init_params: Callable          # rng -> boxed (logically partitioned) params
@@ -55,9 +56,9 @@ def _total_steps(config, steps_per_epoch: int) -> int:
 
 def mlm_stage(config: ml_collections.ConfigDict, model, mesh, workdir: str) -> Stage:
   data_dir = _resolve_shards(config)
-  loader, manifest = input_pipeline.make_mlm_loader(
+  train, manifest = input_pipeline.mlm_batches(
       data_dir, split="train", seq_len=config.data.seq_len, global_batch_size=config.data.global_batch_size,
-      seed=config.seed, worker_count=config.data.worker_count)
+      seed=config.seed, rows=sharding.process_rows(mesh, config.data.global_batch_size))
   tokenizer_dir = run_tokenizer(workdir, manifest["tokenizer"]["path"], data_dir, manifest["tokenizer"]["sha256"])
   special, vocab = manifest["special_ids"], manifest["vocab_size"]
   if vocab > model.cfg.vocab_size:
@@ -77,7 +78,8 @@ def mlm_stage(config: ml_collections.ConfigDict, model, mesh, workdir: str) -> S
 
   has_val = manifest["splits"].get("validation", {}).get("records", 0) > 0
   return Stage(
-      data_iter=iter(loader), total_steps=_total_steps(config, steps_per_epoch), steps_per_epoch=steps_per_epoch,
+      batches=functools.partial(input_pipeline.stream, train, worker_count=config.data.worker_count),
+      total_steps=_total_steps(config, steps_per_epoch), steps_per_epoch=steps_per_epoch,
       init_params=init_params, make_step=make_step,
       evaluate=_mlm_evaluator(config, data_dir, manifest, model, mesh) if has_val else None, best_metric=None,
       batch_cost=_mlm_cost(metrics_lib.train_flops_per_token(model.cfg, seq_len, config.mlm.mask_rate)),
@@ -114,8 +116,10 @@ def _mlm_cost(flops_per_token: float) -> Callable:
 def _resolve_shards(config) -> str:
   if config.data.shards == "demo":
     from data_prep import demo  # the demo corpus ships with the repo; built into shards on first use
-    return demo.ensure_demo_data(config.data.cache_dir, seq_len=config.data.seq_len,
-                                 vocab_size=config.model.vocab_size)
+    build = functools.partial(demo.ensure_demo_data, config.data.cache_dir, seq_len=config.data.seq_len,
+                              vocab_size=config.model.vocab_size)
+    multihost.once("demo data", build)           # process 0 builds; then every process finds it complete
+    return build()
   return config.data.shards
 
 
@@ -125,19 +129,17 @@ def _mlm_evaluator(config, data_dir, manifest, model, mesh):
   eval_step = jax.jit(steps.make_mlm_eval_step(model, mlm=config.mlm, special_ids=special,
                                                vocab_size=manifest["vocab_size"]))
   batch_size = min(config.data.global_batch_size, manifest["splits"]["validation"]["records"])
-  batch_size -= batch_size % jax.device_count()
-  if batch_size <= 0:
-    return None
+  batch_size += -batch_size % jax.device_count()      # a multiple of the devices; the last batch is filled up with
+                                                      # empty rows, which carry no masked token
   rng = jax.random.key(config.seed + 1)
+  validation, _ = input_pipeline.mlm_batches(
+      data_dir, split="validation", seq_len=config.data.seq_len, global_batch_size=batch_size, seed=0,
+      rows=sharding.process_rows(mesh, batch_size), shuffle=False, repeat=False)
 
   def evaluate(params, step):
-    loader, _ = input_pipeline.make_mlm_loader(
-        data_dir, split="validation", seq_len=config.data.seq_len, global_batch_size=batch_size, seed=0,
-        shuffle=False, num_epochs=1)
     totals = {"loss_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
-    for i, local in enumerate(loader):
-      if i >= config.eval_batches:
-        break
+    for i in range(min(config.eval_batches, len(validation))):
+      local = validation[i]
       sums = jax.device_get(eval_step(params, sharding.global_batch(local, mesh), jax.random.fold_in(rng, i)))
       totals = {k: totals[k] + float(sums[k]) for k in totals}
     n = max(totals["weight_sum"], 1.0)
@@ -156,10 +158,10 @@ def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: s
     raise FileNotFoundError(f"{tokenizer_dir}/tokenizer.json not found: set config.data.tokenizer, or "
                             "config.init_from to a workdir that has a tokenizer/ folder")
   sources = [dict(s) for s in config.data.sources]
-  data_iter, counts = pair_pipeline.make_pair_loader(
+  train, counts = pair_pipeline.pair_batches(
       sources, tokenizer_dir=tokenizer_dir, max_length=config.data.max_length,
-      global_batch_size=config.data.global_batch_size, seed=config.seed, worker_count=config.data.worker_count,
-      hard_negatives=config.contrastive.hard_negatives, length_buckets=config.data.get("length_buckets", ()),
+      global_batch_size=config.data.global_batch_size, seed=config.seed,
+      rows=sharding.process_rows(mesh, config.data.global_batch_size), hard_negatives=config.contrastive.hard_negatives, length_buckets=config.data.get("length_buckets", ()),
       one_source_per_batch=config.data.get("one_source_per_batch", True))
   steps_per_epoch = max(sum(counts.values()) // config.data.global_batch_size, 1)
   special = _special_ids(tokenizer_dir)
@@ -183,11 +185,12 @@ def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: s
     return tokens, sum(b * l * metrics_lib.train_flops_per_token(model.cfg, l, 0.0) * recompute for b, l in shapes)
 
   settings = encoder_settings(config)
-  evaluate = (_contrastive_validator(config, model, tokenizer_dir, workdir, settings,
+  evaluate = (_contrastive_validator(config, model, mesh, tokenizer_dir, workdir, settings,
                                      pair_pipeline.trained_classes([s["path"] for s in sources]))
               if config.validation.sets else None)
   return Stage(
-      data_iter=data_iter, total_steps=_total_steps(config, steps_per_epoch), steps_per_epoch=steps_per_epoch,
+      batches=functools.partial(input_pipeline.stream, train, worker_count=config.data.worker_count),
+      total_steps=_total_steps(config, steps_per_epoch), steps_per_epoch=steps_per_epoch,
       init_params=init_params, make_step=make_step, evaluate=evaluate,
       best_metric="val_mean" if evaluate else None,
       batch_cost=batch_cost, tokenizer_dir=tokenizer_dir,
@@ -221,7 +224,7 @@ def encoder_settings(config) -> dict:
           "lowercase": bool(init.get("lowercase", False))}
 
 
-def _contrastive_validator(config, model, tokenizer_dir: str, workdir: str, settings: dict, trained=None):
+def _contrastive_validator(config, model, mesh, tokenizer_dir: str, workdir: str, settings: dict, trained=None):
   """The eval suite's tasks (clustering V-measure, citation accuracy, retrieval nDCG@10) on config.validation.sets,
   through the same Encoder the benchmark uses; `val_mean` is their mean, the paper's checkpoint criterion.
 
@@ -233,8 +236,19 @@ def _contrastive_validator(config, model, tokenizer_dir: str, workdir: str, sett
   from physbert_jax.encode import Encoder
 
   task_names = list(config.validation.tasks)
+  replicate = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))
 
   def evaluate(params, step):
+    # Parameters sharded over processes (FSDP) are gathered first; process 0 validates and tells the others, so
+    # every process records the same metrics and keeps the same best checkpoint.
+    params = replicate(params)
+    result = None
+    if jax.process_index() == 0:
+      with jax.set_mesh(sharding.local_mesh()):   # this process alone: the model's sharding constraints must not
+        result = validate(params, step)           # name the devices of the others while they wait
+    return multihost.broadcast(result)
+
+  def validate(params, step):
     weights = convert.Weights(
         cfg=model.cfg, params=jax.device_get(params), pooling=config.pooling, max_length=settings["max_length"],
         normalize=settings["normalize"], lowercase=settings["lowercase"], tokenizer_dir=tokenizer_dir,

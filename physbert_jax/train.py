@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 
@@ -22,15 +21,13 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from physbert_jax import (checkpointing, grid, metrics as metrics_lib, optimizer, outputs, sharding,
+from physbert_jax import (checkpointing, grid, metrics as metrics_lib, multihost, optimizer, outputs, sharding,
                           stages, steps)
 from physbert_jax.model import Bert, BertConfig, count_params
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/<experiment>.py:<variant>", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard and config.json go here")
-# Test hook: SIGKILL the process right after the checkpoint of this step is committed (resume tests).
-_KILL_AFTER_SAVE_ENV = "PHYSBERT_KILL_AFTER_SAVE_STEP"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,15 +40,17 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
     raise ValueError(f"--workdir {workdir} is a file, not a folder; choose a folder path")
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
+  exists = os.path.exists(path)
+  multihost.barrier("config.json checked")      # every process looked before process 0 writes it
+  if exists:
     with open(path) as f:
       saved = json.load(f)
     diff = _diff(saved, current)
     if diff:
       raise ValueError(f"{workdir} was started with a different config ({path}); differing keys: "
                        f"{', '.join(diff[:10])}. Use a new --workdir, or delete {workdir} to start over.")
-  elif jax.process_index() == 0:
-    outputs.write_json(path, current)
+  else:
+    multihost.once("config.json", lambda: outputs.write_json(path, current))
 
 
 def _diff(a, b, prefix="") -> list[str]:
@@ -94,9 +93,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = Bert(BertConfig(**config.model))
     stage = stages.build(config, model, mesh, workdir)
     stages.check_tokenizer_fits(model.cfg, stage.tokenizer_dir)
-    copy_tokenizer(stage.tokenizer_dir, workdir)
-    if stage.encoder_settings and jax.process_index() == 0:
-      outputs.write_json(os.path.join(workdir, "encoder.json"), stage.encoder_settings, sort_keys=True)
+    multihost.once("tokenizer", lambda: copy_tokenizer(stage.tokenizer_dir, workdir))
+    if stage.encoder_settings:
+      multihost.once("encoder.json", lambda: outputs.write_json(os.path.join(workdir, "encoder.json"),
+                                                                stage.encoder_settings, sort_keys=True))
     total_steps = stage.total_steps
     tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
     state_sharding, abstract_state, init_state, new_state = steps.sharded_state_fns(stage.init_params, tx, mesh,
@@ -105,7 +105,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---- Restore: own checkpoint -> init_from -> scratch ----------------------------------------------------
     manager = checkpointing.make_manager(workdir, config.checkpoint, best_metric=stage.best_metric)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    state, start = checkpointing.restore_latest_intact(manager, abstract_state, stage.data_iter, log)
+    state, start = checkpointing.restore_latest_intact(manager, abstract_state, log)
+    if start is not None and start >= total_steps:     # a rerun of a finished run: nothing to train or rewrite
+      manager.close()
+      log(f"{workdir} is complete ({start} of {total_steps} steps); nothing to do")
+      return _read_summary(workdir) or {"step": start, "total_steps": total_steps, "preempted": False}
     if start is not None:
       log(f"resumed from {workdir}/checkpoints/{start}")
     elif config.init_from:
@@ -128,15 +132,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress = metrics_lib.ProgressLine(total_steps, start)
     peak = metrics_lib.peak_flops(jax.devices()[0], config.peak_flops_per_device)
     eval_every = _eval_every(config, stage)
-    preempted = _install_sigterm_handler()
-    kill_after = int(os.environ.get(_KILL_AFTER_SAVE_ENV, "-1"))
+    stop_signal = multihost.StopSignal(mesh)
     pending: list[tuple[int, dict]] = []
     last = {}
     t_last, steps_timed, cost = None, 0, np.zeros(2)
     shapes_seen = set()
-    step = start
+    step, stop = start, False
+    data_iter = stage.batches(start)          # batch s is a function of (seed, s): a resume reads on from here
     while step < total_steps:
-      local = stage.prepare_batch(next(stage.data_iter))
+      local = stage.prepare_batch(next(data_iter))
       shape = tuple(sorted((k, v.shape) for k, v in local.items()))
       if shape not in shapes_seen:           # length-bucketed pair batches: one compilation per new shape
         if shapes_seen:
@@ -153,7 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       else:
         steps_timed += 1
         cost += stage.batch_cost(local)
-      stop = preempted["flag"]
+      stop = stop_signal()                  # every process stops after the same step
       evaluate_now = stage.evaluate is not None and (step % eval_every == 0 or step == total_steps)
       save_now = step % config.checkpoint.every_steps == 0 or step == total_steps or stop or (
           evaluate_now and stage.best_metric is not None)   # a candidate for "best" must exist on disk
@@ -177,12 +181,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if save_now:
         manager.wait_until_finished()            # the previous async save's bytes are on disk: measure what is free
         checkpointing.check_space(workdir, state, step)
-        checkpointing.save(manager, step, state, stage.data_iter, force=stop, metrics=eval_metrics)
+        checkpointing.save(manager, step, state, force=stop, metrics=eval_metrics)
         if eval_metrics and stage.best_metric:
           checkpointing.record_best(workdir, step, eval_metrics, stage.best_metric)
-        if step == kill_after:
-          manager.wait_until_finished()
-          os.kill(os.getpid(), signal.SIGKILL)
       if stop:
         log(f"SIGTERM: saved checkpoint {step}, exiting")
         break
@@ -190,11 +191,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager.close()
     writer.close()
 
-  summary = {"step": step, "total_steps": total_steps, "preempted": bool(preempted["flag"]), **last}
+  summary = {"step": step, "total_steps": total_steps, "preempted": stop, **last}
   if jax.process_index() == 0:
     outputs.write_json(os.path.join(workdir, "summary.json"), summary)
     log("done: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
   return summary
+
+
+def _read_summary(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def _eval_every(config, stage) -> int:
@@ -208,7 +217,7 @@ def _eval_every(config, stage) -> int:
 def copy_tokenizer(tokenizer_dir: str, workdir: str) -> None:
   """workdir/tokenizer: a run is self-contained for encode/convert, whatever happens to the data directory."""
   dst = os.path.join(workdir, "tokenizer")
-  if jax.process_index() != 0 or os.path.isdir(dst):
+  if os.path.isdir(dst):
     return
   tmp = os.path.join(outputs.staging_dir(dst), "t")   # a fresh folder: never a path someone else may own
   shutil.copytree(tokenizer_dir, tmp)
@@ -229,24 +238,9 @@ def _flush(pending, writer, speed) -> dict:
   return {**last, **speed}
 
 
-def _install_sigterm_handler() -> dict:
-  state = {"flag": False}
-
-  def handler(signum, frame):
-    state["flag"] = True
-  signal.signal(signal.SIGTERM, handler)
-  return state
-
-
 def log(msg: str) -> None:
   if jax.process_index() == 0:
     print(f"[physbert_jax] {msg}", file=sys.stderr, flush=True)
-
-
-def maybe_initialize_distributed() -> None:
-  """Multi-host: jax.distributed picks up Slurm's variables (one process per node, srun) by itself."""
-  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
 
 
 def main(argv):
@@ -255,8 +249,8 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required, e.g. "
                          "python -m physbert_jax.train --config configs/mlm.py:tiny --workdir runs/tiny")
   logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
-  maybe_initialize_distributed()
   try:
+    multihost.initialize()
     if FLAGS.config.get("grid"):          # e.g. configs/subdomain.py: every combination is one ordinary run
       grid.run_grid(FLAGS.config, FLAGS.workdir, train_and_evaluate)
     else:

@@ -42,3 +42,18 @@ def run(argv, cwd=REPO, timeout=300):
   env.pop("XLA_FLAGS", None)
   return subprocess.run([sys.executable, "-m", *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                         env=env)
+
+
+def kill_when_saved(cmd, workdir, step: int, env=None, timeout: float = 600) -> str:
+  """Start `cmd`, SIGKILL it as soon as checkpoint `step` is committed under workdir (Orbax writes a temporary
+  folder and renames it to the step), as a node failure would; return the output. Fails if the run ended first."""
+  import signal
+  import time
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  target, deadline = os.path.join(workdir, "checkpoints", str(step)), time.time() + timeout
+  while not os.path.isdir(target) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  out, _ = proc.communicate()
+  assert proc.returncode == -signal.SIGKILL, f"the run ended before checkpoint {step} could be killed:\n{out}"
+  return out

@@ -93,7 +93,7 @@ def test_array_mode_shards_are_complete_restartable_and_readable(tmp_path):
   build_mlm_shards.main(args + ["--merge"])
   assert {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)} == before
 
-  from physbert_jax.input_pipeline import make_mlm_loader
-  loader, _ = make_mlm_loader(out, split="train", seq_len=32, global_batch_size=8, seed=0, num_epochs=1)
-  batch = next(iter(loader))
+  from physbert_jax.input_pipeline import mlm_batches
+  batches, _ = mlm_batches(out, split="train", seq_len=32, global_batch_size=8, seed=0)
+  batch = batches[0]
   assert batch["input_ids"].shape == (8, 32) and np.all(batch["input_ids"][:, 0] == 2)

