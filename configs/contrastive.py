@@ -81,13 +81,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.init_from = "runs/mlm512"                   # phase-2 MLM weights; its MLM head is dropped
 
   if arg in ("tiny", "minilm"):
-    # CPU demonstrations on ../shared/data: pairs from the real metadata sample, validated on the small eval sets.
+    # CPU demonstrations: pairs from a metadata sample, validated on evalsets/ (README section 3's commands).
     c.data.worker_count = 0
     c.num_epochs = 0
     c.total_steps = 300
     c.evals_per_epoch = 0
     c.eval_every = 100
-    c.validation.sets = "data/evalsets-small"
     c.validation.batch_size = 64
     c.checkpoint.every_steps = 100
   if arg == "tiny":

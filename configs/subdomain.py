@@ -39,7 +39,5 @@ def get_config(arg: str = "cond-mat") -> ml_collections.ConfigDict:
       ("data.global_batch_size", [16, 32]),
   ]
   if size == "tiny":
-    c.data.pairs_jsonl = f"data/evalsets-small/train/subdomain-{domain}.jsonl.gz"
-    c.validation.sets = "data/evalsets-small"
     c.init_from = "runs/contrastive-tiny"
   return c

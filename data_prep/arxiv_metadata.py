@@ -28,8 +28,6 @@ Output directory (--out):
     report-KKKKK-of-NNNNN.json       per part: settings, counts, skipped lines with file, line, id and reason
     report.json                      all parts summed (stage.merge_reports)
 
-`read_papers(meta_dir)` yields the records of every part and, by default, only those whose class is kept.
-
 Skipped, each with file, line and id where there is one: invalid JSON, not UTF-8, not an object, a missing or
 non-string id/categories/abstract, an empty abstract or categories, a duplicate id (the first is kept), a
 truncated gzip (the part ends there and says so). Non-physics papers are not skipped but filtered, and counted.
@@ -41,7 +39,6 @@ import argparse
 import collections
 import json
 import os
-from typing import Iterator
 
 from data_prep import stage, taxonomy
 from data_prep.corpus_io import Skipped, read_lines
@@ -192,30 +189,6 @@ def merge(out_dir: str, count: int, threshold: int | None) -> dict:
   dropped = ", ".join(f"{c} {n:,}" for c, n in stats["dropped_classes"].items())
   print(f"  dropped (< {threshold:,}): {dropped or 'none'}")
   return stats
-
-
-def read_papers(meta_dir: str, kept_classes_only: bool = True) -> Iterator[dict]:
-  """The records of a merged metadata directory, part by part; by default only those of kept classes."""
-  report = stage.read_json(os.path.join(meta_dir, "report.json"))
-  kept = set(stage.read_json(os.path.join(meta_dir, "stats.json"))["classes"])
-  skipped = Skipped()
-  for name in report["outputs"]:
-    for _, obj in stage.iter_json_lines(os.path.join(meta_dir, name), skipped):
-      if not kept_classes_only or obj["class"] in kept:
-        yield obj
-  if skipped.count:
-    raise ValueError(f"{meta_dir} is damaged: {skipped.summary()}")
-
-
-def meta_parts(meta_dir: str) -> tuple[int, list[str]]:
-  """(N, the N papers files) of a merged metadata directory; a missing part is an error naming it."""
-  report = stage.read_json(os.path.join(meta_dir, "report.json"))
-  count = report["parts"]
-  paths = [papers_path(meta_dir, i, count) for i in range(count)]
-  missing = [p for p in paths if not os.path.exists(p)]
-  if missing:
-    raise FileNotFoundError(f"{meta_dir}: parts missing: {missing[:5]}; rerun data_prep.arxiv_metadata")
-  return count, paths
 
 
 def main(argv: list[str] | None = None) -> None:

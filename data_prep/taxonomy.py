@@ -38,7 +38,6 @@ LEGACY_ALIASES = {
     "alg-geom": "math.AG", "dg-ga": "math.DG", "funct-an": "math.FA", "q-alg": "math.QA", "cmp-lg": "cs.CL",
 }
 
-MERGED = {"astro-ph": ASTRO_PH, "cond-mat": COND_MAT, "hep": HEP}
 SUBDOMAINS = {"astro-ph": ASTRO_PH, "cond-mat": COND_MAT, "hep": HEP}
 MIN_CLASS_PAPERS = 5_000   # the paper's threshold for a class to be kept, an absolute count on the full arXiv
 # The paper's thresholds and sizes are absolute numbers for its corpus, ~1.2M physics papers (Sec. 3.1). On a
@@ -76,7 +75,7 @@ def merged_class(code: str) -> str:
   code = normalize(code)
   if code not in _PHYSICS_SET:
     raise ValueError(f"{code!r} is not a physics category")
-  for name, members in MERGED.items():
+  for name, members in SUBDOMAINS.items():   # the merged classes are the subdomains
     if code in members:
       return name
   return code

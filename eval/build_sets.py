@@ -19,6 +19,9 @@ are meant to be trained on, so they must not be evaluated on.
 Retrieval is a proxy until synthetic questions exist: query = a paper's title, corpus = the abstracts of all query
 papers, relevant = the query paper's own abstract.
 
+Sizes: the paper's (1,000 abstracts a class, 50,000 citation pairs and queries, ...) on its ~1.2M-paper corpus,
+scaled to the corpus read unless given, as the pair builders scale theirs (at least 20 abstracts a class).
+
 Clustering classes: by default every merged class with at least --clustering-per-class usable papers, i.e. every
 class the corpus supports, not only the classes the category pairs teach (those need the paper's 5,000 papers,
 scaled to the corpus). A set of the taught classes only cannot see a run that forgets the others: on the sample it
@@ -48,6 +51,10 @@ from eval import citations, sets
 # The paper's sizes (Sec. 3.2 and 4).
 PAPER_SIZES = {"clustering_per_class": 1000, "citation_pairs": 50_000, "retrieval_queries": 50_000,
                "subdomain_eval_per_class": 1000, "subdomain_train_pairs_per_class": 10_000}
+# Sizes not given are the paper's scaled to the corpus read (as the pair builders scale theirs: data_prep.taxonomy.
+# scaled), never above the paper's and never below these: a clustering class needs >= 10 texts for 10 stratified
+# folds, 20 keeps two a fold.
+MIN_SIZES = {"clustering_per_class": 20, "subdomain_eval_per_class": 20}
 # Withdrawal notices ("This paper has been withdrawn by the author...") are not abstracts. They are short.
 _WITHDRAWN = re.compile(r"\b(withdrawn|withdraw)\b", re.IGNORECASE)
 STAGE = "eval.build_sets"   # the output marker (physbert_jax.outputs)
@@ -144,6 +151,17 @@ def _rng(seed: int, name: str) -> np.random.Generator:
   return np.random.default_rng([seed, _SET_SEEDS[name]])
 
 
+def resolve_sizes(sizes: dict[str, int | None], physics_papers: int, log=print) -> dict[str, int]:
+  """Every size in PAPER_SIZES: the one given, else the paper's scaled to `physics_papers` (see MIN_SIZES)."""
+  out = {k: sizes.get(k) or max(MIN_SIZES.get(k, 1), min(v, taxonomy.scaled(v, physics_papers)))
+         for k, v in PAPER_SIZES.items()}
+  chosen = [k for k in PAPER_SIZES if not sizes.get(k)]
+  if chosen:
+    log(f"sizes scaled to {physics_papers:,} papers (the paper's for ~1.2M; give them to override): "
+        + ", ".join(f"{k} {out[k]:,} (paper {PAPER_SIZES[k]:,})" for k in chosen))
+  return out
+
+
 def build(metadata: str, citations_path: str | None, out: str, seed: int, min_class_papers: int | None,
           sizes: dict[str, int], log=print, clustering_years: tuple[int, int] | None = None,
           exclude: set[str] = frozenset(), overwrite: bool = False) -> dict:
@@ -162,6 +180,7 @@ def build(metadata: str, citations_path: str | None, out: str, seed: int, min_cl
     primaries = {p: c for p, c in primaries.items() if p not in exclude}
     log(f"--exclude: {len(exclude):,} ids kept out of every set")
   log(f"{metadata}: {len(primaries):,} usable physics papers ({time.time() - t0:.0f}s)")
+  sizes = resolve_sizes(sizes, len(primaries), log)
   by_class: dict[str, list[str]] = {}
   by_sub: dict[str, list[str]] = {}
   for pid, code in primaries.items():
@@ -335,11 +354,12 @@ def main(argv=None):
   p.add_argument("--clustering-years", default=None, metavar="FIRST-LAST",
                  help="draw clustering abstracts from these v1 years first (e.g. 2015-2019)")
   for key, value in PAPER_SIZES.items():
-    p.add_argument("--" + key.replace("_", "-"), type=int, default=value, help=f"paper: {value:,}")
+    p.add_argument("--" + key.replace("_", "-"), type=int, default=None,
+                   help=f"default: the paper's {value:,}, scaled to the corpus")
   p.add_argument("--overwrite", action="store_true", help="replace an earlier build in --out")
   args = p.parse_args(argv)
   sizes = {k: getattr(args, k) for k in PAPER_SIZES}
-  bad = [f"--{k.replace('_', '-')} {v}" for k, v in sizes.items() if v < 1]
+  bad = [f"--{k.replace('_', '-')} {v}" for k, v in sizes.items() if v is not None and v < 1]
   try:
     if bad:
       raise ValueError(f"{', '.join(bad)}: sizes must be >= 1")

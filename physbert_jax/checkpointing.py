@@ -72,14 +72,6 @@ def record_best(workdir: str, step: int, metrics: dict, key: str) -> bool:
   return True
 
 
-def best_step(workdir: str) -> int:
-  path = os.path.join(workdir, BEST)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: only runs that validate (the contrastive stage) record a best step")
-  with open(path) as f:
-    return int(json.load(f)["step"])
-
-
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   """Restore into the shardings of `abstract_state` (a pytree of jax.ShapeDtypeStruct with .sharding)."""
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))

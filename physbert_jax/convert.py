@@ -154,23 +154,21 @@ def read_workdir(workdir: str, step: int | None = None, best: bool = False) -> W
 def import_hf(folder: str, out: str, pooling: str | None = None, overwrite: bool = False) -> str:
   """HF/ST folder -> our workdir. Returns `out`."""
   import ml_collections
-  from configs import mlm
   from physbert_jax import checkpointing
 
   w = read_hf_folder(folder)
   with outputs.staged(out, "convert from-hf", overwrite) as tmp:   # a new or empty --out; published whole
-    config = mlm.get_config("base")
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(w.cfg))
-    config.pooling = pooling or w.pooling
-    config.data.shards = ""                # imported weights come with no training data
-    config.init_from = ""
-    _write_json(os.path.join(tmp, "config.json"), json.loads(config.to_json_best_effort()))
+    # What the workdir is and nothing more: no training happened here, so no training settings are claimed.
+    _write_json(os.path.join(tmp, "config.json"), {
+        "variant": "imported", "objective": "imported", "imported_from": os.path.abspath(folder),
+        "model": dataclasses.asdict(w.cfg), "pooling": pooling or w.pooling})
     _write_json(os.path.join(tmp, "encoder.json"), {
         "max_length": w.max_length, "normalize": w.normalize, "lowercase": w.lowercase,
-        "imported_from": os.path.abspath(w.source)})
+        "imported_from": os.path.abspath(folder)})
     _copy_tokenizer(w.tokenizer_dir, os.path.join(tmp, "tokenizer"))
     # A params-only train state: init_from (checkpointing.restore_params) reads `params` and nothing else.
-    manager = checkpointing.make_manager(tmp, config.checkpoint)
+    manager = checkpointing.make_manager(tmp, ml_collections.ConfigDict(dict(keep=1, keep_every=0,
+                                                                              async_save=False)))
     checkpointing.save(manager, 0, {"step": np.zeros((), np.int32), "params": w.params, "opt_state": {}})
     manager.wait_until_finished()
     manager.close()
@@ -366,7 +364,10 @@ def model_card(w: Weights, pooling: str, name: str, workdir: str | None) -> str:
       "The `pooler` weights of `BertModel` are not part of this model (transformers initialises them randomly); "
       "use the pooling above.", "",
       "```bash", f"python -m physbert_jax.encode --model path/to/{name} --input texts.txt --out emb.npy", "```", ""]
-  if w.train_config:
+  if w.train_config and w.train_config.get("imported_from"):
+    lines += ["## Training", "", f"None here: imported from `{w.train_config['imported_from']}` "
+              "(`python -m physbert_jax.convert from-hf`), weights unchanged.", ""]
+  elif w.train_config:
     c = w.train_config
     rows = [("variant", c.get("variant")), ("sequence length", c.get("data", {}).get("seq_len")),
             ("global batch", c.get("data", {}).get("global_batch_size")), ("steps", c.get("total_steps") or

@@ -15,7 +15,7 @@ file per process, which a restart with another process count could not read).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator
+from typing import Iterator
 
 import grain
 from absl import flags
@@ -106,9 +106,3 @@ def mlm_batches(data_dir: str, *, split: str, seq_len: int, global_batch_size: i
   batches = step_rows(order, global_batch_size, rows or all_rows(global_batch_size), pad_last=not repeat)
   return batches.map(read), manifest
 
-
-def take(ds: grain.MapDataset, n: int) -> list:
-  return [ds[i] for i in range(min(n, len(ds)))]
-
-
-Batches = Callable[[int], Iterator]   # start step -> iterator of this process's batches from that step on

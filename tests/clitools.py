@@ -9,6 +9,12 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Real arXiv data (README, "Tests and benchmarks"): $PHYSBERT_DATA, else ../shared/data beside the checkout, else
+# the project machines' shared folder (a clone elsewhere, as CI's may be).
+DATA = os.environ.get("PHYSBERT_DATA") or next(
+    (d for d in (os.path.join(os.path.dirname(REPO), "shared", "data"), "/work/shared/data") if os.path.isdir(d)),
+    os.path.join(os.path.dirname(REPO), "shared", "data"))
+SNAPSHOT = os.path.join(DATA, "arxiv", "metadata-sample.jsonl.gz")
 DEMO = os.path.join(REPO, "data_prep", "demo_corpus", "abstracts.jsonl")
 _PHYSICS = ("cond-mat.str-el", "astro-ph.GA", "hep-th", "quant-ph", "physics.optics", "gr-qc")
 
@@ -22,6 +28,14 @@ def snapshot_records() -> list[dict]:
            "categories": _PHYSICS[i % len(_PHYSICS)], "license": None, "abstract": d["text"],
            "versions": [{"version": "v1", "created": "Mon, 05 Jan 2015 00:00:00 GMT"}], "update_date": "2015-01-05",
            "authors_parsed": []} for i, d in enumerate(docs)]
+
+
+def needs_data(*paths: str):
+  """Skip, naming what is missing, unless every path (default: the metadata sample) exists."""
+  import pytest
+  missing = [p for p in paths or (SNAPSHOT,) if not os.path.exists(p)]
+  return pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)} not found (set PHYSBERT_DATA to the "
+                                                  "shared data directory)")
 
 
 def tree_state(root) -> dict:

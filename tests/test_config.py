@@ -1,4 +1,7 @@
-"""Config tests: every variant parses, its model builds abstractly, its optimizer and mesh are well formed."""
+"""Config tests: every variant of every configs/ file parses, its model builds abstractly, its optimizer and mesh
+are well formed."""
+
+import importlib
 
 import flax.linen as nn
 import jax
@@ -13,16 +16,21 @@ from physbert_jax.masking import max_predictions
 from physbert_jax.model import Bert, BertConfig, count_params
 
 
-@pytest.mark.parametrize("variant", ["tiny", "base", "base512"])
-def test_variant_builds_abstractly(variant):
-  c = mlm_config.get_config(variant)
+VARIANTS = ([("mlm", v) for v in ("tiny", "base", "base512")] + [("contrastive", v) for v in ("base", "tiny", "minilm")]
+            + [("subdomain", d + size) for d in ("cond-mat", "astro-ph", "hep") for size in ("", ":tiny")]
+            + [("speedrun", "mlm"), ("speedrun", "contrastive")])
+
+
+@pytest.mark.parametrize("module,variant", VARIANTS, ids=[f"{m}:{v}" for m, v in VARIANTS])
+def test_every_variant_of_every_config_builds_abstractly(module, variant):
+  c = importlib.import_module(f"configs.{module}").get_config(variant)
   cfg = BertConfig(**c.model)
-  seq = c.data.seq_len
+  seq = c.data.get("seq_len") or c.data.max_length
   d = jnp.zeros((2, seq), jnp.int32)
   params = jax.eval_shape(lambda: nn.unbox(Bert(cfg).init(
       {"params": jax.random.key(0)}, d, d + 1, masked_positions=d[:, :max_predictions(seq, 0.15)])["params"]))
   n = count_params(params)
-  if variant != "tiny":
+  if (module, variant) in (("mlm", "base"), ("mlm", "base512")):
     # BERT-base with tied MLM head: 109.5M encoder + 0.6M head transform/bias (HF BertForMaskedLM counts the same)
     assert 109e6 < n < 111e6
     assert c.model.vocab_size == 30523 and c.model.hidden_size == 768 and c.model.num_layers == 12
@@ -31,6 +39,13 @@ def test_variant_builds_abstractly(variant):
   jax.eval_shape(tx.init, params)
   for axis, target in sharding.logical_rules(c.mesh):
     assert target is None or set(np.atleast_1d(target)) <= set(sharding.MESH_AXES)
+
+
+def test_the_variant_list_covers_every_config_file():
+  import os
+  folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  files = {f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py"}
+  assert {m for m, _ in VARIANTS} == files
 
 
 def test_unknown_variant_fails():

@@ -117,6 +117,12 @@ def test_from_hf_of_to_hf_is_exact(tiny_run, exported, tmp_path):
   with open(os.path.join(out, "config.json")) as f:
     config = json.load(f)
   assert config["pooling"] == "mean" and config["model"]["hidden_size"] == 128
+  # The import tells the truth: no training settings; its re-export's model card says where it came from.
+  assert config["variant"] == "imported" and config["imported_from"] == os.path.abspath(exported)
+  assert "optimizer" not in config and "data" not in config
+  convert.main(["to-hf", "--workdir", out, "--out", str(tmp_path / "again")])
+  card = open(tmp_path / "again" / "README.md").read()
+  assert f"imported from `{os.path.abspath(exported)}`" in card and "| lr |" not in card
   # What `train` does with config.init_from=out.
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), convert.load(tiny_run).params)
   params, step = checkpointing.restore_params(out, abstract)

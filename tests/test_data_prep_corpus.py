@@ -13,12 +13,11 @@ import pytest
 from data_prep import arxiv_metadata, build_corpus, build_mlm_shards, demo, stage, unarxive
 from data_prep.train_tokenizer import train_tokenizer
 from physbert_jax import records
+from clitools import DATA, needs_data
 
-DATA = os.environ.get("PHYSBERT_DATA", "/work/shared/data")
 UNARXIVE = os.path.join(DATA, "arxiv", "fulltext", "unarXive_data_sample.tar.gz")
 SNAPSHOT = os.path.join(DATA, "arxiv", "metadata-sample.jsonl.gz")
-needs_data = pytest.mark.skipif(not (os.path.exists(UNARXIVE) and os.path.exists(SNAPSHOT)),
-                                reason=f"arXiv sample not under {DATA}/arxiv (set PHYSBERT_DATA)")
+needs_data = needs_data(UNARXIVE, SNAPSHOT)
 
 
 def test_clean_text():

@@ -11,11 +11,10 @@ import re
 import pytest
 
 from data_prep import arxiv_metadata, stage, taxonomy
+from clitools import DATA, needs_data
 
-DATA = os.environ.get("PHYSBERT_DATA", "/work/shared/data")
 SNAPSHOT = os.path.join(DATA, "arxiv", "metadata-sample.jsonl.gz")
-needs_data = pytest.mark.skipif(not os.path.exists(SNAPSHOT),
-                                reason=f"{SNAPSHOT} not found (set PHYSBERT_DATA to the shared data directory)")
+needs_data = needs_data(SNAPSHOT)
 
 
 def head(n: int) -> list[bytes]:

@@ -1,7 +1,8 @@
 """Reference tests of the encoder: all-MiniLM-L6-v2 imported with from-hf against SentenceTransformer.encode on real
 arXiv abstracts; batching, order, dtype, fingerprints, the CLI and its errors.
 
-Data from $PHYSBERT_DATA (default /work/shared/data); tests that need it are skipped with the reason when absent.
+Data from clitools.DATA ($PHYSBERT_DATA, else ../shared/data); tests that need it are skipped with the reason
+when absent.
 The 1,000-abstract parity run takes ~1.5 min on 2 shared cores and is marked slow; the default run checks 48.
 """
 
@@ -15,10 +16,10 @@ import pytest
 
 from physbert_jax import convert
 from physbert_jax.encode import Encoder, bucket_length, main
+from clitools import DATA, needs_data
 
-DATA = os.environ.get("PHYSBERT_DATA", "/work/shared/data")
 ARXIV = os.path.join(DATA, "arxiv", "metadata-sample.jsonl.gz")
-needs_data = pytest.mark.skipif(not os.path.exists(ARXIV), reason=f"{ARXIV} not found (set PHYSBERT_DATA)")
+needs_data = needs_data(ARXIV)
 
 
 def abstracts(n: int) -> list[str]:

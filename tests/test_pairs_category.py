@@ -13,11 +13,10 @@ import pytest
 from data_prep import taxonomy
 from data_prep.pairs import __main__ as cli
 from data_prep.pairs import category, writer
+from clitools import DATA, needs_data
 
-DATA = os.environ.get("PHYSBERT_DATA", "/work/shared/data")
 SNAPSHOT = os.path.join(DATA, "arxiv", "metadata-sample.jsonl.gz")
-needs_data = pytest.mark.skipif(not os.path.exists(SNAPSHOT),
-                                reason=f"{SNAPSHOT} not found (set PHYSBERT_DATA to the shared data directory)")
+needs_data = needs_data(SNAPSHOT)
 EVERY = 25   # every 25th record of the sample: ~6.5k papers, a dozen classes of >= 100
 
 

@@ -9,11 +9,10 @@ import os
 import pytest
 
 from data_prep.pairs import citation, writer
+from clitools import DATA, needs_data
 
-DATA = os.environ.get("PHYSBERT_DATA", "/work/shared/data")
 PSCP = os.path.join(DATA, "arxiv", "citations")
-needs_data = pytest.mark.skipif(not os.path.exists(os.path.join(PSCP, "pscp-1991.csv")),
-                                reason=f"{PSCP}/pscp-*.csv not found (set PHYSBERT_DATA to the shared data directory)")
+needs_data = needs_data(os.path.join(PSCP, "pscp-1991.csv"))
 
 
 def read_rows(*years) -> dict[str, dict]:

@@ -22,11 +22,10 @@ import pytest
 from data_prep.pairs import __main__ as cli
 from data_prep.pairs import llm, qa_text, synthetic_qa, writer
 from data_prep import stage
+from clitools import DATA, needs_data
 
-DATA = os.environ.get("PHYSBERT_DATA", "/work/shared/data")
 SNAPSHOT = os.path.join(DATA, "arxiv", "metadata-sample.jsonl.gz")
-needs_data = pytest.mark.skipif(not os.path.exists(SNAPSHOT),
-                                reason=f"{SNAPSHOT} not found (set PHYSBERT_DATA to the shared data directory)")
+needs_data = needs_data(SNAPSHOT)
 
 
 @pytest.fixture(scope="module")

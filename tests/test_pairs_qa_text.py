@@ -11,11 +11,10 @@ import os
 import pytest
 
 from data_prep.pairs import qa_text
+from clitools import DATA, needs_data
 
-DATA = os.environ.get("PHYSBERT_DATA", "/work/shared/data")
 SNAPSHOT = os.path.join(DATA, "arxiv", "metadata-sample.jsonl.gz")
-needs_data = pytest.mark.skipif(not os.path.exists(SNAPSHOT),
-                                reason=f"{SNAPSHOT} not found (set PHYSBERT_DATA to the shared data directory)")
+needs_data = needs_data(SNAPSHOT)
 
 CHUNK = ("We report the observation of superconductivity at 7.2 K in thin films of niobium nitride grown by "
          "pulsed laser deposition. The critical field follows the Werthamer-Helfand-Hohenberg model. Fig. 3 "

@@ -14,12 +14,11 @@ import pytest
 
 from data_prep.pairs import __main__ as cli
 from data_prep.pairs import citation, s2_client, writer
+from clitools import DATA, needs_data
 
-DATA = os.environ.get("PHYSBERT_DATA", "/work/shared/data")
 CITATIONS = os.path.join(DATA, "arxiv", "citations")
 FILES = [os.path.join(CITATIONS, f"pscp-{y}.csv") for y in (1991, 1992)]
-needs_data = pytest.mark.skipif(not all(map(os.path.exists, FILES)),
-                                reason=f"{FILES} not found (set PHYSBERT_DATA to the shared data directory)")
+needs_data = needs_data(*FILES)
 CITING = 120   # citing papers asked about: the first 1992 papers that have references (~500 requests)
 KEY = "test-key"
 PAGE = 3   # the server's largest page, whatever limit is asked: the client must follow "next"
