@@ -38,24 +38,18 @@ import time
 from typing import Iterable, Iterator
 
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordWriter
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from data_prep import corpus_io, stage
 from physbert_jax import outputs, records
 
-SPECIAL_NAMES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 BATCH_DOCS = 512  # Documents per encode_batch call: enough to keep the Rust thread pool busy.
-# One record per ArrayRecord chunk, so that reading record i decompresses only record i: the input pipeline reads
-# records in a global random order.
-WRITER_OPTIONS = "group_size:1"
 
 
 def validation_score(doc_id: str) -> float:
   """A stable uniform number in [0, 1) per document id (sha256, not Python's salted hash)."""
-  digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "little") / 2.0**64
+  return stage.hash64(doc_id) / 2.0**64
 
 
 class _SplitWriter:
@@ -65,17 +59,10 @@ class _SplitWriter:
                dtype: np.dtype, names: list[str] | None = None):
     self.chunk = seq_len - 2  # Room left by the [CLS] ... [SEP] framing.
     self.cls, self.sep, self.dtype = cls, sep, dtype
-    self.directory = directory
-    self.names = names or [records.shard_name(split, i, num_shards) for i in range(num_shards)]
-    # Written under a temp name and renamed on close: a shard file that exists is complete.
-    self.writers = [ArrayRecordWriter(self._tmp(n), WRITER_OPTIONS) for n in self.names]
-    self.counts = [[0, 0] for _ in self.names]  # [records, tokens] per shard.
+    self.shards = records.ShardWriter(directory, names or [records.shard_name(split, i, num_shards)
+                                                           for i in range(num_shards)])
     self.buffer = np.zeros(0, np.int64)  # Stream tokens not yet in a record.
     self.documents = 0
-    self.records = 0
-
-  def _tmp(self, name: str) -> str:
-    return os.path.join(self.directory, f".{name}.tmp")
 
   def add(self, ids: list[int]) -> None:
     parts = [self.buffer, [self.sep], ids] if self.documents else [self.buffer, ids]
@@ -88,33 +75,19 @@ class _SplitWriter:
 
   def _write(self, chunk: np.ndarray) -> None:
     record = np.concatenate([[self.cls], chunk, [self.sep]])
-    shard = self.records % len(self.writers)
-    self.writers[shard].write(records.encode(record, self.dtype))
-    self.counts[shard][0] += 1
-    self.counts[shard][1] += len(record)
-    self.records += 1
+    self.shards.write(records.encode(record, self.dtype), len(record))
 
   def close(self) -> dict:
     if len(self.buffer):
       self._write(self.buffer)  # The short tail record.
-    for w, n in zip(self.writers, self.names):
-      w.close()
-      os.replace(self._tmp(n), os.path.join(self.directory, n))
-    shards = [{"path": n, "records": r, "tokens": t} for n, (r, t) in zip(self.names, self.counts)]
-    return {"records": sum(r for r, _ in self.counts), "tokens": sum(t for _, t in self.counts), "shards": shards}
+    shards = self.shards.close()
+    return {"records": sum(s["records"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
+            "shards": shards}
 
 
 def _batches(docs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
   while batch := list(itertools.islice(docs, size)):
     yield batch
-
-
-def special_ids(tok: Tokenizer, tokenizer_json: str) -> dict[str, int]:
-  ids = {name: tok.token_to_id(token) for name, token in SPECIAL_NAMES.items()}
-  missing = [SPECIAL_NAMES[n] for n, i in ids.items() if i is None]
-  if missing:
-    raise ValueError(f"{tokenizer_json} lacks special tokens {missing}: train it with data_prep.train_tokenizer")
-  return ids
 
 
 STAGE = "build_mlm_shards"   # the output marker (physbert_jax.outputs)
@@ -136,7 +109,7 @@ def _load_tokenizer(tokenizer_dir: str) -> tuple[Tokenizer, dict]:
   return tok, {
       "dtype": records.token_dtype(vocab_size).str,
       "vocab_size": vocab_size,
-      "special_ids": special_ids(tok, tokenizer_json),
+      "special_ids": records.special_ids(tokenizer_json, tok),
       "tokenizer": {"path": os.path.abspath(tokenizer_dir), "sha256": hashlib.sha256(tokenizer_bytes).hexdigest()},
   }
 

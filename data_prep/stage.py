@@ -26,21 +26,26 @@ import json
 import os
 import sys
 import time
-import zlib
 from typing import Any, Iterator
 
 from tqdm import tqdm
 
+from data_prep import corpus_io
 from data_prep.corpus_io import Skipped
 from physbert_jax import outputs
 
 GZIP_LEVEL = 6  # zlib's default: ~4.5x on arXiv JSON; level 9 saves ~3% more and takes twice as long.
 
 
+def hash64(text: str) -> int:
+  """A stable 64-bit number for a text (sha256's first 8 bytes, little-endian; not Python's salted hash): every
+  seeded choice in data_prep and eval (shards, splits, pair draws, chunk order) is one of these."""
+  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+
+
 def shard_of(paper_id: str, num_shards: int) -> int:
-  """The part a paper belongs to, in every stage (sha256, not Python's salted hash)."""
-  digest = hashlib.sha256(paper_id.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "little") % num_shards
+  """The part a paper belongs to, in every stage."""
+  return hash64(paper_id) % num_shards
 
 
 def part_name(prefix: str, index: int, count: int, suffix: str) -> str:
@@ -128,29 +133,23 @@ def iter_json_lines(path: str, skipped: Skipped, name: str | None = None) -> Ite
   ends the file with one record saying after which line (nothing after it can be read), and the caller goes on.
   """
   name = name or path
-  opener = gzip.open if path.endswith(".gz") else open
-  lineno = 0
-  try:
-    with opener(path, "rb") as f:
-      for lineno, raw in enumerate(f, start=1):
-        if not raw.strip():
-          continue
-        try:
-          line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          skipped.add(name, lineno, "not UTF-8", detail=f"byte {e.start} of the line")
-          continue
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          skipped.add(name, lineno, "invalid JSON", detail=f"{e.msg} at column {e.colno}")
-          continue
-        if not isinstance(obj, dict):
-          skipped.add(name, lineno, "not a JSON object")
-          continue
-        yield lineno, obj
-  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-    skipped.add(name, lineno + 1, "truncated or corrupt gzip", detail=f"nothing read after line {lineno}: {e}")
+  for lineno, raw in corpus_io.read_lines(path, name, skipped):
+    if not raw.strip():
+      continue
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      skipped.add(name, lineno, "not UTF-8", detail=f"byte {e.start} of the line")
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      skipped.add(name, lineno, "invalid JSON", detail=f"{e.msg} at column {e.colno}")
+      continue
+    if not isinstance(obj, dict):
+      skipped.add(name, lineno, "not a JSON object")
+      continue
+    yield lineno, obj
 
 
 # --- Parts and their reports -----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import os
 import jax
 import ml_collections
 
-from physbert_jax import checkpointing, multihost
+from physbert_jax import checkpointing, multihost, outputs
 
 
 def _short(key: str, value) -> str:
@@ -72,8 +72,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, train_fn) -> dict:
   report = {"grid": [[k, v] for k, v in config.grid], "runs": results, "best_run": winner and winner["run"],
             "best": winner and winner["best"]}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "grid.json"), "w") as f:
-      json.dump(report, f, indent=2)
+    outputs.write_json(os.path.join(workdir, "grid.json"), report)   # temp file + rename: never half written
     for r in results:
       metrics = r["best"]["metrics"] if r["best"] else {}
       print(f"{r['run']:<16} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

@@ -105,4 +105,3 @@ def mlm_batches(data_dir: str, *, split: str, seq_len: int, global_batch_size: i
   order = record_order(n, seed, shuffle=shuffle, repeat=repeat)
   batches = step_rows(order, global_batch_size, rows or all_rows(global_batch_size), pad_last=not repeat)
   return batches.map(read), manifest
-

@@ -176,8 +176,9 @@ def pair_batches(sources: list[dict], *, tokenizer_dir: str, max_length: int, gl
     paths.append(shard_files)
     orders.append(input_pipeline.record_order(n, seed + i).map(functools.partial(_tag, i)))
     weights.append(float(src["weight"]))
+  pad_id = records.special_ids(tokenizer_path, optional=("unk", "cls", "sep", "mask"))["pad"]
   read = ReadPairBatch(tuple(paths), TokenizePair(tokenizer_path, max_length, hard_negatives),
-                       PadToBucket(bucket_lengths(max_length, length_buckets), pad_token_id(tokenizer_path)))
+                       PadToBucket(bucket_lengths(max_length, length_buckets), pad_id))
   mix = lambda parts: grain.MapDataset.mix(parts, weights) if len(parts) > 1 else parts[0]
   if one_source_per_batch:
     ds = mix([input_pipeline.step_rows(o, global_batch_size, rows) for o in orders])
@@ -202,11 +203,3 @@ def trained_classes(paths: Sequence[str]) -> frozenset | None:
     if per_class:
       found = (found or frozenset()) | frozenset(per_class)
   return found
-
-
-def pad_token_id(tokenizer_path: str) -> int:
-  from tokenizers import Tokenizer
-  pad = Tokenizer.from_file(tokenizer_path).token_to_id("[PAD]")
-  if pad is None:
-    raise ValueError(f"{tokenizer_path}: no [PAD] token; a BERT WordPiece tokenizer is expected")
-  return pad

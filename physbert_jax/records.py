@@ -67,6 +67,41 @@ def shard_name(split: str, index: int, count: int) -> str:
   return f"{split}-{index:05d}-of-{count:05d}.array_record"
 
 
+# One record per ArrayRecord chunk: the input pipeline reads records in a global random order, and reading record i
+# should decompress only record i.
+WRITER_OPTIONS = "group_size:1"
+
+
+class ShardWriter:
+  """Deals records round robin over the shard files `names` in `directory` (MLM and pair shards alike). Each file
+  is written under a temp name and renamed on close, so a shard file that exists is complete."""
+
+  def __init__(self, directory: str, names: list[str]):
+    from array_record.python.array_record_module import ArrayRecordWriter
+    self.directory, self.names = directory, names
+    self.writers = [ArrayRecordWriter(self._tmp(n), WRITER_OPTIONS) for n in names]
+    self.counts = [[0, 0] for _ in names]   # [records, tokens] per shard
+    self.records = 0
+
+  def _tmp(self, name: str) -> str:
+    return os.path.join(self.directory, f".{name}.tmp")
+
+  def write(self, record: bytes, tokens: int = 0) -> None:
+    shard = self.records % len(self.writers)
+    self.writers[shard].write(record)
+    self.counts[shard][0] += 1
+    self.counts[shard][1] += tokens
+    self.records += 1
+
+  def close(self) -> list[dict]:
+    """Rename the shards into place; one {"path", "records", "tokens"} entry per shard."""
+    for w, n in zip(self.writers, self.names):
+      w.close()
+      os.chmod(self._tmp(n), 0o644)
+      os.replace(self._tmp(n), os.path.join(self.directory, n))
+    return [{"path": n, "records": r, "tokens": t} for n, (r, t) in zip(self.names, self.counts)]
+
+
 def encode_pair(pair: dict) -> bytes:
   """A text pair record: UTF-8 JSON {"anchor": str, "positive": str, "source": str, ...}."""
   for key in ("anchor", "positive"):
@@ -102,3 +137,20 @@ def shard_paths(data_dir: str, split: str = "train", fmt: str = FORMAT) -> list[
   if missing:
     raise FileNotFoundError(f"{data_dir}/{MANIFEST} lists shards that are missing: {missing[:5]}")
   return paths
+
+
+SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+
+
+def special_ids(tokenizer_json: str, tok=None, optional: tuple[str, ...] = ()) -> dict[str, int]:
+  """The ids of BERT's special tokens in `tokenizer_json` (or in `tok`, a tokenizers.Tokenizer already loaded from
+  it), as manifests record them. A token that is missing, and not named in `optional`, is an error naming the file."""
+  if tok is None:
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(tokenizer_json)
+  ids = {name: tok.token_to_id(token) for name, token in SPECIAL_TOKENS.items()}
+  missing = [SPECIAL_TOKENS[n] for n, i in ids.items() if i is None and n not in optional]
+  if missing:
+    raise ValueError(f"{tokenizer_json} lacks the special tokens {missing}: a BERT WordPiece tokenizer is expected "
+                     "(train one with data_prep.train_tokenizer)")
+  return ids

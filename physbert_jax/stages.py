@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from physbert_jax import (contrastive, input_pipeline, metrics as metrics_lib, multihost, pair_pipeline, sharding,
-                          steps)
+from physbert_jax import (contrastive, input_pipeline, metrics as metrics_lib, multihost, pair_pipeline, records,
+                          sharding, steps)
 from physbert_jax.masking import max_predictions
 from physbert_jax.model import BertConfig
 
@@ -161,10 +161,11 @@ def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: s
   train, counts = pair_pipeline.pair_batches(
       sources, tokenizer_dir=tokenizer_dir, max_length=config.data.max_length,
       global_batch_size=config.data.global_batch_size, seed=config.seed,
-      rows=sharding.process_rows(mesh, config.data.global_batch_size), hard_negatives=config.contrastive.hard_negatives, length_buckets=config.data.get("length_buckets", ()),
+      rows=sharding.process_rows(mesh, config.data.global_batch_size), hard_negatives=config.contrastive.hard_negatives,
+      length_buckets=config.data.get("length_buckets", ()),
       one_source_per_batch=config.data.get("one_source_per_batch", True))
   steps_per_epoch = max(sum(counts.values()) // config.data.global_batch_size, 1)
-  special = _special_ids(tokenizer_dir)
+  special = records.special_ids(os.path.join(tokenizer_dir, "tokenizer.json"), optional=("mask",))
   length = config.data.max_length
 
   def init_params(rng):
@@ -198,16 +199,6 @@ def contrastive_stage(config: ml_collections.ConfigDict, model, mesh, workdir: s
       encoder_settings=settings,
       describe=f"contrastive on {', '.join(f'{k} ({v} pairs)' for k, v in counts.items())}: "
                f"{steps_per_epoch} steps/epoch")
-
-
-def _special_ids(tokenizer_dir: str) -> dict[str, int]:
-  from tokenizers import Tokenizer
-  tok = Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json"))
-  ids = {name: tok.token_to_id(f"[{name.upper()}]") for name in ("pad", "unk", "cls", "sep", "mask")}
-  missing = [k for k, v in ids.items() if v is None and k != "mask"]
-  if missing:
-    raise ValueError(f"{tokenizer_dir}: no {missing} tokens; a BERT WordPiece tokenizer is expected")
-  return ids
 
 
 def encoder_settings(config) -> dict:

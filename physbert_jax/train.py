@@ -152,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       pending.append((step, step_metrics))
       if t_last is None:                     # the first step compiles: time from the end of it
         jax.block_until_ready(step_metrics)
-        last, pending = _flush(pending, writer, {}), []
+        last, pending = _write_metrics_stop_on_nan(pending, writer, {}), []
         t_last, steps_timed, cost = time.time(), 0, np.zeros(2)
       else:
         steps_timed += 1
@@ -169,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  "examples_per_s": config.data.global_batch_size * steps_timed / max(elapsed, 1e-9)}
         if peak:
           speed["mfu"] = flops / (peak * jax.device_count())
-        last, pending = _flush(pending, writer, speed), []
+        last, pending = _write_metrics_stop_on_nan(pending, writer, speed), []
         progress(step, last)
         t_last, steps_timed, cost = time.time(), 0, np.zeros(2)
       eval_metrics = None
@@ -225,7 +225,7 @@ def copy_tokenizer(tokenizer_dir: str, workdir: str) -> None:
   shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)   # the now-empty staging folder, ours
 
 
-def _flush(pending, writer, speed) -> dict:
+def _write_metrics_stop_on_nan(pending, writer, speed) -> dict:
   """Write one metrics line per step; stop on the first non-finite loss, naming its step."""
   last = {}
   for step, m in jax.device_get(pending):

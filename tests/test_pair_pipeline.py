@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from data_prep.pairs.writer import ShardWriter, manifest
-from physbert_jax import contrastive, input_pipeline, optimizer, outputs, pair_pipeline, steps
+from physbert_jax import contrastive, input_pipeline, optimizer, outputs, pair_pipeline, records, steps
 from physbert_jax.model import Bert, BertConfig
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data_prep", "demo_corpus", "abstracts.jsonl")
@@ -102,7 +102,7 @@ def test_sources_mixed_by_weight_and_state_resumes(minilm, tmp_path, one_source_
   # Two processes' rows, each padded to its own bucket, then to the longest of the two (pad_to_common_length):
   # the one-process batch.
   halves = [pair_pipeline.pair_batches(srcs, rows=slice(p * 4, p * 4 + 4), **kw)[0] for p in range(2)]
-  pad = pair_pipeline.pad_token_id(os.path.join(minilm, "tokenizer.json"))
+  pad = records.special_ids(os.path.join(minilm, "tokenizer.json"))["pad"]
   for s in (0, 13, 41):
     parts = [h[s] for h in halves]
     lengths = np.array([[p[k].shape[1] for k in sorted(p) if k.endswith("_ids")] for p in parts])

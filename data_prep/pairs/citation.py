@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import heapq
 import os
 import time
@@ -179,7 +178,7 @@ class S2BulkSource:
 
 
 def edge_score(seed: int, citing: str, cited: str) -> int:
-  return int.from_bytes(hashlib.sha256(f"{seed}/{citing}/{cited}".encode()).digest()[:8], "little")
+  return stage.hash64(f"{seed}/{citing}/{cited}")
 
 
 def select_edges(source: Source, limit: int, seed: int, excluded: set[str], meta_titles: dict[str, str],

@@ -86,16 +86,12 @@ def _sha(obj) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _hash64(text: str) -> int:
-  return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-
-
 def chunk_score(seed: int, chunk_id: str) -> int:
-  return _hash64(f"{seed}/chunk/{chunk_id}")
+  return stage.hash64(f"{seed}/chunk/{chunk_id}")
 
 
 def chunk_seed(seed: int, chunk_id: str) -> int:
-  return _hash64(f"{seed}/sample/{chunk_id}") & 0x7FFFFFFF
+  return stage.hash64(f"{seed}/sample/{chunk_id}") & 0x7FFFFFFF
 
 
 def iter_chunks(opts: Options, skipped: Skipped, counts: dict | None = None) -> Iterator[tuple[str, str]]:

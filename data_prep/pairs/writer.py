@@ -11,47 +11,28 @@ import json
 import os
 from typing import Iterable, Iterator
 
-from array_record.python.array_record_module import ArrayRecordWriter
-
 from data_prep import stage
 from physbert_jax import outputs, records
 
-# One record per ArrayRecord chunk: the input pipeline reads records in a global random order, and reading record i
-# should decompress only record i.
-WRITER_OPTIONS = "group_size:1"
 SPLIT = "train"
 
 
-class ShardWriter:
-  """Deals pairs round robin over shard files in `directory`; a file is written under a temp name and renamed on
-  close, so a shard that exists is complete."""
+class ShardWriter(records.ShardWriter):
+  """Pairs dealt round robin over the train shards of `directory` (records.ShardWriter)."""
 
   def __init__(self, directory: str, num_shards: int = 1, names: list[str] | None = None):
     if num_shards < 1:
       raise ValueError(f"--num-shards {num_shards}: need at least 1")
     os.makedirs(directory, exist_ok=True)
-    self.directory = directory
-    self.names = names or [records.shard_name(SPLIT, i, num_shards) for i in range(num_shards)]
-    self.writers = [ArrayRecordWriter(self._tmp(n), WRITER_OPTIONS) for n in self.names]
-    self.counts = [0] * len(self.names)
-    self.records = 0
-
-  def _tmp(self, name: str) -> str:
-    return os.path.join(self.directory, f".{name}.tmp")
+    super().__init__(directory, names or [records.shard_name(SPLIT, i, num_shards) for i in range(num_shards)])
 
   def write(self, pair: dict) -> None:
-    shard = self.records % len(self.writers)
-    self.writers[shard].write(records.encode_pair(pair))
-    self.counts[shard] += 1
-    self.records += 1
+    super().write(records.encode_pair(pair))
 
   def close(self) -> dict:
     """Rename the shards into place; the manifest's split entry."""
-    for w, n in zip(self.writers, self.names):
-      w.close()
-      os.chmod(self._tmp(n), 0o644)
-      os.replace(self._tmp(n), os.path.join(self.directory, n))
-    return {"records": self.records, "shards": [{"path": n, "records": c} for n, c in zip(self.names, self.counts)]}
+    shards = super().close()
+    return {"records": self.records, "shards": [{"path": s["path"], "records": s["records"]} for s in shards]}
 
 
 def manifest(kind: str, split: dict, seed: int, counts: dict, sources: dict | list, **extra) -> dict:
