@@ -147,7 +147,12 @@ class ReadPairBatch(grain.transforms.Map):
   def map(self, rows: np.ndarray) -> dict[str, np.ndarray]:
     if self._sources is None:             # opened lazily: once per worker process
       self._sources = [grain.sources.ArrayRecordDataSource(list(p)) for p in self.paths]
-    return self.pad([self.tokenize.map(self._sources[int(s)][int(i)]) for s, i in rows])
+    raw: list = [None] * len(rows)
+    for s in {int(s) for s, _ in rows}:                 # one batched read per source (ArrayRecord reads in parallel)
+      mine = [r for r, (src, _) in enumerate(rows) if int(src) == s]
+      for r, record in zip(mine, self._sources[s].__getitems__([int(rows[r][1]) for r in mine])):
+        raw[r] = record
+    return self.pad([self.tokenize.map(record) for record in raw])
 
 
 def pair_batches(sources: list[dict], *, tokenizer_dir: str, max_length: int, global_batch_size: int, seed: int,
