@@ -1,6 +1,6 @@
 """MLM pre-training, the PhysBERT recipe: BERT-base from scratch, RoBERTa-style dynamic masking, no NSP.
 
-  python -m physbert_jax.train --config configs/mlm.py:tiny    --workdir runs/tiny     # CPU, about a minute
+  python -m physbert_jax.train --config configs/mlm.py:tiny    --workdir runs/tiny     # CPU, about 2 minutes
   python -m physbert_jax.train --config configs/mlm.py:base    --workdir runs/mlm128   # paper phase 1: 4 epochs @128
   python -m physbert_jax.train --config configs/mlm.py:base512 --workdir runs/mlm512   # phase 2: 6 epochs @512
   python -m physbert_jax.train --config configs/mlm.py:tiny --workdir runs/t --config.optimizer.lr=3e-4
@@ -86,7 +86,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 2_000
     c.init_from = "runs/mlm128"                # phase 1's weights; a fresh optimizer
   elif arg == "tiny":
-    # CPU in about a minute: a 2-layer, 128-wide BERT on the demo corpus shipped in data_prep/demo_corpus.
+    # CPU in about 2 minutes: a 2-layer, 128-wide BERT on the demo corpus shipped in data_prep/demo_corpus.
     c.model.update(vocab_size=4096, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512,
                    max_position_embeddings=128, dtype="float32", hidden_dropout=0.1, attention_dropout=0.0)
     c.data.shards = "demo"
