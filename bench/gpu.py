@@ -32,11 +32,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import gzip
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -52,16 +49,17 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from physbert_jax import contrastive, convert, metrics, optimizer, pair_pipeline, sharding, steps  # noqa: E402
+from physbert_jax import contrastive, convert, metrics, mlm, optimizer, pair_pipeline, sharding, steps  # noqa: E402
 from physbert_jax.masking import max_predictions  # noqa: E402
 from physbert_jax.model import Bert, BertConfig  # noqa: E402
 
-SAMPLE = os.path.join(ROOT, "data_prep", "arxiv_sample", "metadata.jsonl.gz")
+import gpu_torch  # noqa: E402
+from gpu_inputs import SPECIAL, abstracts, make_tokenizer, model_folder, packed_rows  # noqa: E402
+
 CHECKS = ("attention", "mlm_loss", "contrastive_loss", "mlm_step", "mlm_torch", "contrastive", "encode", "max_batch")
 BERT_BASE = dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
 MINILM = dict(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536)
 TINY = dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
-SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}     # train_tokenizer's fixed ids
 
 
 @dataclasses.dataclass
@@ -106,78 +104,7 @@ class Report:
     return line
 
 
-# ---- inputs: a tokenizer, real text, model folders ----
-
-@functools.lru_cache(maxsize=None)
-def abstracts(n: int) -> list[tuple[str, str]]:
-  """The first n (title, abstract) pairs of the shipped sample."""
-  out = []
-  with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:
-    for line in f:
-      r = json.loads(line)
-      out.append((" ".join(r["title"].split()), " ".join(r["abstract"].split())))
-      if len(out) == n:
-        break
-  return out
-
-
-def make_tokenizer(vocab: int, out: str) -> str:
-  from data_prep import train_tokenizer
-  texts = os.path.join(out, "texts.txt")
-  with open(texts, "w", encoding="utf-8") as f:
-    f.writelines(f"{t}\n{a}\n" for t, a in abstracts(19_000 if vocab > 8192 else 2_000))
-  train_tokenizer.train_tokenizer([texts], vocab, os.path.join(out, "tokenizer"), verbose=False)
-  return os.path.join(out, "tokenizer")
-
-
-def model_folder(arch: dict, vocab: int, tokenizer_dir: str, out: str, max_length: int = 512) -> str:
-  """Random BERT weights (seed 0) as transformers writes them, the tokenizer, and sentence-transformers' mean
-  pooling: a folder that our convert.load, BertForMaskedLM and SentenceTransformer all read."""
-  import torch
-  import transformers
-  torch.manual_seed(0)
-  cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=arch["hidden_size"],
-                                num_hidden_layers=arch["num_layers"], num_attention_heads=arch["num_heads"],
-                                intermediate_size=arch["intermediate_size"], max_position_embeddings=max_length)
-  transformers.BertForMaskedLM(cfg).save_pretrained(out)
-  for name in os.listdir(tokenizer_dir):
-    shutil.copy(os.path.join(tokenizer_dir, name), out)
-  os.makedirs(os.path.join(out, "1_Pooling"), exist_ok=True)
-  json.dump([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
-            open(os.path.join(out, "modules.json"), "w"))
-  json.dump({"max_seq_length": max_length, "do_lower_case": False},
-            open(os.path.join(out, "sentence_bert_config.json"), "w"))
-  json.dump({"word_embedding_dimension": arch["hidden_size"], "pooling_mode_mean_tokens": True},
-            open(os.path.join(out, "1_Pooling", "config.json"), "w"))
-  return out
-
-
-def packed_rows(tokenizer_dir: str, seq_len: int, rows: int) -> np.ndarray:
-  """Real abstracts, tokenized and packed into full [CLS] ... [SEP] rows (as build_mlm_shards packs them)."""
-  need = rows * (seq_len - 1)
-  flat = token_stream(tokenizer_dir, need)
-  flat = np.resize(flat, need).reshape(rows, seq_len - 1)   # wraps around when the sample is shorter
-  return np.concatenate([np.full((rows, 1), SPECIAL["cls"], np.int32), flat], axis=1)
-
-
-@functools.lru_cache(maxsize=None)
-def token_stream(tokenizer_dir: str, need: int) -> np.ndarray:
-  """At least `need` tokens of abstracts, each ended by [SEP] (or all of the sample's)."""
-  from tokenizers import Tokenizer
-  tok = Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json"))
-  texts, flat = [a for _, a in abstracts(19_000)], []
-  for start in range(0, len(texts), 1000):
-    for enc in tok.encode_batch(texts[start:start + 1000], add_special_tokens=False):
-      flat.extend(enc.ids + [SPECIAL["sep"]])
-    if len(flat) >= need:
-      break
-  return np.array(flat, np.int32)
-
-
-# ---- our steps ----
-
-
+# ---- our steps (inputs: gpu_inputs.py; the PyTorch reference: gpu_torch.py) ----
 
 def opt_config(lr: float) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(lr=lr, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, clip_norm=1.0,
@@ -198,6 +125,8 @@ def memory_bytes(compiled) -> int | None:
 
 MLM = ml_collections.ConfigDict(dict(mask_rate=0.15, mask_token_frac=0.8, random_token_frac=0.1))
 DATA_PARALLEL = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=[("batch", ("data", "fsdp"))]))
+CONTRASTIVE = ml_collections.ConfigDict(dict(temperature=0.05, symmetric=False, hard_negatives=False,  # MNRL's scale 20
+                                             mask_duplicates=False, grad_cache_chunks=1))
 
 
 def mlm_step(cfg: BertConfig, batch: int, seq: int, lr: float = 1e-4, opt=None, mlm_cfg=MLM, mesh_cfg=DATA_PARALLEL):
@@ -212,9 +141,9 @@ def mlm_step(cfg: BertConfig, batch: int, seq: int, lr: float = 1e-4, opt=None, 
       return model.init({"params": rng}, d, d + 1,
                         masked_positions=jnp.zeros((1, max_predictions(seq, 0.15)), jnp.int32))["params"]
     state_sh, abstract, init_state, _ = steps.sharded_state_fns(init_params, tx, mesh, rules)
-    fn = jax.jit(steps.make_mlm_step(model, tx, schedule, mlm=mlm_cfg, special_ids=SPECIAL,
-                                     vocab_size=cfg.vocab_size,
-                                     grad_accum_steps=opt.get("grad_accum_steps", 1) if opt else 1),
+    fn = jax.jit(mlm.make_mlm_step(model, tx, schedule, mlm=mlm_cfg, special_ids=SPECIAL,
+                                   vocab_size=cfg.vocab_size,
+                                   grad_accum_steps=opt.get("grad_accum_steps", 1) if opt else 1),
                  in_shardings=(state_sh, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                  out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
     spec = {k: jax.ShapeDtypeStruct((batch, seq), jnp.int32) for k in ("input_ids", "attention_mask")}
@@ -291,43 +220,9 @@ def check_mlm_step(p: Plan, report, tokenizer_dir: str, dtype: str) -> dict:
 
 
 def check_mlm_torch(p: Plan, report, folder: str, tokenizer_dir: str, ours: dict):
-  import torch
-  import transformers
-  device = "cuda" if torch.cuda.is_available() else "cpu"
-  bf16 = device == "cuda"
-  model = transformers.BertForMaskedLM.from_pretrained(folder, attn_implementation="sdpa").to(device).train()
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
-  collator = transformers.DataCollatorForLanguageModeling(
-      transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(tokenizer_dir, "tokenizer.json"),
-                                           mask_token="[MASK]", pad_token="[PAD]", cls_token="[CLS]",
-                                           sep_token="[SEP]", unk_token="[UNK]"), mlm_probability=0.15)
-  for seq, batch in p.mlm:
-    rows = packed_rows(tokenizer_dir, seq, batch)
-    if device == "cuda":
-      torch.cuda.reset_peak_memory_stats()
-
-    def one_step():
-      b = collator([{"input_ids": r} for r in rows.tolist()])       # dynamic masking each step, as ours
-      b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-      with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-        loss = model(**b).loss
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-      opt.step()
-      opt.zero_grad(set_to_none=True)
-
-    for _ in range(p.warmup):
-      one_step()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
-    t = time.perf_counter()
-    for _ in range(p.steps):
-      one_step()
-    sync()
-    tps = batch * seq * p.steps / (time.perf_counter() - t)
+  for seq, batch, tps, bf16, memory in gpu_torch.bert_mlm(folder, tokenizer_dir, p.mlm, p.steps, p.warmup):
     report("mlm_torch", seq_len=seq, batch=batch, attention="sdpa", autocast_bf16=bf16,
-           tokens_per_s=round(tps, 1), ratio=round(ours[seq] / tps, 3),
-           memory_bytes=torch.cuda.max_memory_allocated() if device == "cuda" else None)
+           tokens_per_s=round(tps, 1), ratio=round(ours[seq] / tps, 3), memory_bytes=memory)
 
 
 def check_contrastive(p: Plan, report, folder: str, dtype: str, loss_only: bool):
@@ -344,11 +239,8 @@ def check_contrastive(p: Plan, report, folder: str, dtype: str, loss_only: bool)
   pairs = abstracts(p.pair_batch * n_batches)
   buckets = pair_pipeline.bucket_lengths(p.pair_max_length, p.buckets)
   pad = pair_pipeline.PadToBucket(buckets, SPECIAL["pad"])
-  ccfg = ml_collections.ConfigDict(dict(temperature=0.05, symmetric=False, hard_negatives=False,
-                                        mask_duplicates=False, grad_cache_chunks=1))
   tx, schedule = optimizer.make_optimizer(opt_config(2e-5), 1000)
-  mesh_cfg = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=[("batch", ("data", "fsdp"))]))
-  mesh = sharding.make_mesh(mesh_cfg)
+  mesh = sharding.make_mesh(DATA_PARALLEL)
 
   def batch(i):
     chunk = pairs[i * p.pair_batch:(i + 1) * p.pair_batch]
@@ -357,13 +249,13 @@ def check_contrastive(p: Plan, report, folder: str, dtype: str, loss_only: bool)
             for a, b in zip(*enc)]
     return sharding.global_batch(pad(rows), mesh)
 
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(mesh_cfg)):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(DATA_PARALLEL)):
     # Explicit shardings, as the trainer's step has: the state goes in and comes out replicated, so each batch shape
     # compiles once (left to propagation, the first call's placement differed from the output's: a second compile
     # inside the timed loop, 3.4 instead of 237 pairs/s on the smoke run).
     replicated = sharding.replicated(mesh)
     state = jax.device_put(steps.create_state(weights.params, tx), replicated)
-    step = jax.jit(contrastive.make_contrastive_step(Bert(cfg), tx, schedule, cfg=ccfg, pooling="mean",
+    step = jax.jit(contrastive.make_contrastive_step(Bert(cfg), tx, schedule, cfg=CONTRASTIVE, pooling="mean",
                                                      special_ids=SPECIAL),
                    in_shardings=(replicated, sharding.batch_sharding(mesh), replicated),
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
@@ -387,52 +279,13 @@ def check_contrastive(p: Plan, report, folder: str, dtype: str, loss_only: bool)
   flops = sum(x[k].shape[0] * x[k].shape[1] * metrics.train_flops_per_token(cfg, x[k].shape[1], 0.0)
               for x in batches[p.warmup:] for k in ("anchor_ids", "positive_ids"))
   peak = metrics.peak_flops(jax.devices()[0])
-  ref, ref_memory = st_pairs_per_s(folder, pairs, p.pair_batch, p.pair_max_length, p.steps, p.warmup)
+  ref, ref_memory = gpu_torch.st_pairs_per_s(folder, pairs, p.pair_batch, p.pair_max_length, p.steps, p.warmup)
   report("contrastive", batch=p.pair_batch, max_length=p.pair_max_length, buckets=list(buckets), dtype=dtype,
          pairs_per_s=round(ours, 2), mfu=round(flops / seconds / (peak * jax.device_count()), 4) if peak else None,
          reference_pairs_per_s=round(ref, 2), ratio=round(ours / ref, 3), reference_memory_bytes=ref_memory)
 
 
-def st_pairs_per_s(folder: str, pairs, batch: int, max_length: int, n_steps: int, warmup: int):
-  """sentence-transformers training `folder` with MultipleNegativesRankingLoss (scale 20) on `pairs`, batch by batch
-  in order, AdamW, bf16 autocast on a GPU: (pairs/s over the steps after `warmup`, peak CUDA memory or None)."""
-  import torch
-  from sentence_transformers import SentenceTransformer
-  from sentence_transformers.sentence_transformer import losses
-  device = "cuda" if torch.cuda.is_available() else "cpu"
-  st = SentenceTransformer(folder, device=device)
-  st.max_seq_length = max_length
-  st.train()
-  loss_fn = losses.MultipleNegativesRankingLoss(st, scale=20.0)
-  opt = torch.optim.AdamW(st.parameters(), lr=2e-5, weight_decay=0.01)
-  if device == "cuda":
-    torch.cuda.reset_peak_memory_stats()
-
-  def one_step(i):
-    chunk = pairs[i * batch:(i + 1) * batch]
-    feats = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in st.tokenize(texts).items()}
-             for texts in ([a for a, _ in chunk], [b for _, b in chunk])]
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-      loss = loss_fn(feats, None)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-  for i in range(warmup):
-    one_step(i)
-  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-  sync()
-  t = time.perf_counter()
-  for i in range(warmup, warmup + n_steps):
-    one_step(i)
-  sync()
-  return batch * n_steps / (time.perf_counter() - t), (
-      torch.cuda.max_memory_allocated() if device == "cuda" else None)
-
-
 def check_encode(p: Plan, report, name: str, folder: str, dtype: str):
-  import torch
-  from sentence_transformers import SentenceTransformer
   from physbert_jax.encode import Encoder
   texts = [a for _, a in abstracts(p.encode_texts)]
   batch = 256 if jax.default_backend() != "cpu" else 32
@@ -441,14 +294,7 @@ def check_encode(p: Plan, report, name: str, folder: str, dtype: str):
   t = time.perf_counter()
   emb = ours.encode(texts, batch_size=batch, show_progress=False)
   ours_s = time.perf_counter() - t
-  device = "cuda" if torch.cuda.is_available() else "cpu"
-  st = SentenceTransformer(folder, device=device,
-                           model_kwargs={"torch_dtype": torch.bfloat16} if dtype == "bfloat16" else {})
-  st.max_seq_length = 256
-  st.encode(texts[:batch], batch_size=batch)
-  t = time.perf_counter()
-  ref = st.encode(texts, batch_size=batch, convert_to_numpy=True).astype(np.float32)
-  ref_s = time.perf_counter() - t
+  ref, ref_s = gpu_torch.st_encode(folder, texts, batch, dtype, max_length=256)
   cosine = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)
   report("encode", model=name, texts=len(texts), batch=batch, dtype=dtype, texts_per_s=round(len(texts) / ours_s, 1),
          reference_texts_per_s=round(len(texts) / ref_s, 1), ratio=round(ref_s / ours_s, 3),

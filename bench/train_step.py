@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,8 +24,8 @@ import numpy as np
 
 from physbert_jax import metrics as metrics_lib
 from physbert_jax.model import BertConfig
-
-SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+from gpu_inputs import SPECIAL
+from gpu_torch import seconds
 
 
 def load_config(spec: str):
@@ -69,7 +68,7 @@ def bench_reference(c, ids: np.ndarray, n_steps: int, warmup: int) -> float:
   inputs = torch.tensor(ids, dtype=torch.long, device=device)
   gen = torch.Generator(device="cpu").manual_seed(0)
 
-  def one_step():
+  def one_step(_):
     # DataCollatorForLanguageModeling's rule: 15% chosen, 80% [MASK], 10% random, 10% kept; labels -100 elsewhere.
     labels = inputs.clone()
     prob = torch.full(labels.shape, 0.15)
@@ -87,18 +86,8 @@ def bench_reference(c, ids: np.ndarray, n_steps: int, warmup: int) -> float:
     torch.nn.utils.clip_grad_norm_(model.parameters(), c.optimizer.clip_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return loss
 
-  for _ in range(warmup):
-    one_step()
-  if device == "cuda":
-    torch.cuda.synchronize()
-  t = time.perf_counter()
-  for _ in range(n_steps):
-    one_step()
-  if device == "cuda":
-    torch.cuda.synchronize()
-  return ids.size * n_steps / (time.perf_counter() - t)
+  return ids.size * n_steps / seconds(one_step, n_steps, warmup)
 
 
 def main():

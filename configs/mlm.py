@@ -27,11 +27,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.attention_impl = ml_collections.config_dict.placeholder(str)
 
   c.data = ml_collections.ConfigDict()
-  c.data.shards = "data/mlm128"                # a build_mlm_shards output dir, or "demo" (built on first use)
+  c.data.shards = "data/mlm128"                # a build_mlm_shards output dir, or a builder "module:function"
   c.data.seq_len = 128
   c.data.global_batch_size = 4096              # 128 A100 x 32; the paper does not give its batch size
   c.data.worker_count = 4                      # Grain worker processes per host (0: in the main process)
-  c.data.cache_dir = "data/demo"               # where "demo" shards are built
+  c.data.cache_dir = "data/demo"               # where data_prep.demo's builder writes
 
   c.mlm = ml_collections.ConfigDict()
   c.mlm.mask_rate = 0.15                       # BERT/RoBERTa
@@ -89,7 +89,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # CPU in about 2 minutes: a 2-layer, 128-wide BERT on the demo corpus shipped in data_prep/demo_corpus.
     c.model.update(vocab_size=4096, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512,
                    max_position_embeddings=128, dtype="float32", hidden_dropout=0.1, attention_dropout=0.0)
-    c.data.shards = "demo"
+    c.data.shards = "data_prep.demo:shards_for"   # built from the shipped corpus on first use
     c.data.global_batch_size = 32              # divisible by 8: runs unchanged on 8 devices
     c.data.worker_count = 0
     c.optimizer.lr = 1e-3                      # small models take (and need) larger steps

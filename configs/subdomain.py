@@ -4,7 +4,7 @@
   python -m physbert_jax.train --config configs/subdomain.py:hep --workdir runs/sub-hep --config.init_from=runs/x
 
 One command runs the whole grid: lr {1e-4, 2e-4} x batch {16, 32}, each 1 epoch over the domain's training pairs
-(eval.build_sets' train/subdomain-<domain>.jsonl.gz, disjoint from its evaluation abstracts) with linear decay,
+(eval.build_sets' pair set train/subdomain-<domain>/, disjoint from its evaluation abstracts) with linear decay,
 evaluated 3 times on the domain's clustering set; workdir/grid.json reports every run and the best V-measure.
 Each grid point is an ordinary run in workdir/lr<lr>-bs<batch>/ (resumable, exportable with convert --best).
 """
@@ -23,8 +23,7 @@ def get_config(arg: str = "cond-mat") -> ml_collections.ConfigDict:
   c = contrastive.get_config("tiny" if size == "tiny" else "base")
   c.variant = arg
   c.subdomain = domain
-  c.data.pairs_jsonl = f"evalsets/train/subdomain-{domain}.jsonl.gz"   # converted to pair shards on first use
-  c.data.sources = []                          # filled by the grid runner with the converted pairs
+  c.data.sources = [{"path": f"evalsets/train/subdomain-{domain}", "weight": 1.0}]   # eval.build_sets writes it
   c.data.global_batch_size = 16                # set per grid point
   c.num_epochs = 1                             # the paper's
   c.total_steps = 0

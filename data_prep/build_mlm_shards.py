@@ -19,7 +19,9 @@ Slurm array mode (--shard-index K, or $SLURM_ARRAY_TASK_ID): task K of N tokeniz
 (build_corpus writes N files, so each task reads one) into train-KKKKK-of-NNNNN.array_record and
 validation-KKKKK-of-NNNNN.array_record, each renamed into --out when complete, and report-KKKKK-of-NNNNN.json last.
 Rerun tasks skip finished parts; `--merge` checks that all N are there and writes manifest.json (empty shards are
-left out of it). Full arXiv: ~41 GB of text -> ~7.8G tokens at 0.19 tokens/byte (measured on the sample) -> ~16 GB of uint16.
+left out of it). Both modes pack with one function (`_pack`); they differ only in where the shards go and how their
+completion is marked. Full arXiv: ~41 GB of text -> ~7.8G tokens at 0.19 tokens/byte (measured on the sample) ->
+~16 GB of uint16.
 
     sbatch --array=0-255 launch/slurm/data_prep.sbatch build_mlm_shards --corpus data/corpus \
         --tokenizer data/tokenizer --seq-len 128 --out data/mlm128 --validation-fraction 0.005
@@ -53,14 +55,12 @@ def validation_score(doc_id: str) -> float:
 
 
 class _SplitWriter:
-  """Packs one split's document stream into records and deals them round robin over its shards."""
+  """Packs one split's document stream into records and deals them round robin over the shard files `names`."""
 
-  def __init__(self, directory: str, split: str, num_shards: int, seq_len: int, cls: int, sep: int,
-               dtype: np.dtype, names: list[str] | None = None):
+  def __init__(self, directory: str, names: list[str], seq_len: int, cls: int, sep: int, dtype: np.dtype):
     self.chunk = seq_len - 2  # Room left by the [CLS] ... [SEP] framing.
     self.cls, self.sep, self.dtype = cls, sep, dtype
-    self.shards = records.ShardWriter(directory, names or [records.shard_name(split, i, num_shards)
-                                                           for i in range(num_shards)])
+    self.shards = records.ShardWriter(directory, names)
     self.buffer = np.zeros(0, np.int64)  # Stream tokens not yet in a record.
     self.documents = 0
 
@@ -80,9 +80,12 @@ class _SplitWriter:
   def close(self) -> dict:
     if len(self.buffer):
       self._write(self.buffer)  # The short tail record.
-    shards = self.shards.close()
-    return {"records": sum(s["records"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
-            "shards": shards}
+    return _split(self.shards.close())
+
+
+def _split(shards: list[dict]) -> dict:
+  """A manifest split: its shard files, and their records and tokens summed."""
+  return {"records": sum(s["records"] for s in shards), "tokens": sum(s["tokens"] for s in shards), "shards": shards}
 
 
 def _batches(docs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
@@ -122,11 +125,16 @@ def _check_args(seq_len: int, num_shards: int, validation_fraction: float) -> No
                      f"{validation_fraction}")
 
 
-def _pack(docs: Iterator[tuple[str, str]], tok: Tokenizer, splits: dict, validation_fraction: float,
-          skipped: corpus_io.Skipped, verbose: bool, desc: str = "tokenize") -> None:
-  """Tokenize `docs` in batches (the Rust encoder uses every core) and feed each to its split's writer."""
+def _pack(paths: list[str], tok: Tokenizer, described: dict, seq_len: int, directory: str, names: dict[str, list[str]],
+          validation_fraction: float, verbose: bool, desc: str = "tokenize") -> tuple[dict, dict, corpus_io.Skipped]:
+  """The packer of both modes: the documents under `paths`, tokenized in batches (the Rust encoder uses every core),
+  into the shard files `names[split]` in `directory`. Returns the counts by split, the manifest splits, and what
+  was skipped."""
+  ids, dtype = described["special_ids"], np.dtype(described["dtype"])
+  splits = {s: _SplitWriter(directory, n, seq_len, ids["cls"], ids["sep"], dtype) for s, n in names.items()}
+  skipped = corpus_io.Skipped()
   progress = tqdm(unit="doc", desc=desc, disable=not verbose or None, mininterval=2.0)
-  for batch in _batches(docs, BATCH_DOCS):
+  for batch in _batches(corpus_io.iter_documents(paths, skipped), BATCH_DOCS):
     encodings = tok.encode_batch([text for _, text in batch], add_special_tokens=False)
     for (doc_id, _), enc in zip(batch, encodings):
       if not enc.ids:
@@ -136,6 +144,24 @@ def _pack(docs: Iterator[tuple[str, str]], tok: Tokenizer, splits: dict, validat
       splits[split].add(enc.ids)
     progress.update(len(batch))
   progress.close()
+  documents = {s: w.documents for s, w in splits.items()}
+  splits = {s: w.close() for s, w in splits.items()}
+  counts = {"documents": documents, **{k: {s: c[k] for s, c in splits.items()} for k in ("records", "tokens")}}
+  return counts, splits, skipped
+
+
+def _write_manifest(directory: str, seq_len: int, described: dict, splits: dict) -> dict:
+  """manifest.json, written last: its presence means the directory is complete."""
+  manifest = {"format": records.FORMAT, "seq_len": seq_len, **described, "splits": splits}
+  outputs.write_json(os.path.join(directory, records.MANIFEST), manifest, sort_keys=True)
+  return manifest
+
+
+def _print_splits(documents: dict, splits: dict, skipped: str) -> None:
+  for name, s in splits.items():
+    print(f"{name}: {documents[name]:,} docs -> {s['records']:,} records, {s['tokens']:,} tokens in "
+          f"{len(s['shards'])} shard(s)")
+  print(skipped)
 
 
 def build_mlm_shards(paths: Iterable[str], tokenizer_dir: str, seq_len: int, out_dir: str, num_shards: int = 4,
@@ -146,40 +172,23 @@ def build_mlm_shards(paths: Iterable[str], tokenizer_dir: str, seq_len: int, out
   paths = list(paths)
   _check_args(seq_len, num_shards, validation_fraction)
   tok, described = _load_tokenizer(tokenizer_dir)
-  ids, dtype = described["special_ids"], np.dtype(described["dtype"])
-
   corpus_io.expand_paths(paths)   # a wrong --corpus fails before anything is written
+  names = {"train": [records.shard_name("train", i, num_shards) for i in range(num_shards)]}
+  if validation_fraction > 0:
+    names["validation"] = [records.shard_name("validation", 0, 1)]
   with outputs.staged(out_dir, STAGE, overwrite) as tmp:
-    make = lambda split, n: _SplitWriter(tmp, split, n, seq_len, ids["cls"], ids["sep"], dtype)
-    splits = {"train": make("train", num_shards)}
-    if validation_fraction > 0:
-      splits["validation"] = make("validation", 1)
-
-    skipped = corpus_io.Skipped()
-    _pack(corpus_io.iter_documents(paths, skipped), tok, splits, validation_fraction, skipped, verbose)
-
-    documents = {name: w.documents for name, w in splits.items()}
-    if not sum(documents.values()):
+    counts, splits, skipped = _pack(paths, tok, described, seq_len, tmp, names, validation_fraction, verbose)
+    if not sum(counts["documents"].values()):
       raise ValueError(f"no documents found in {paths}; {skipped.summary()}")
-    manifest = {"format": records.FORMAT, "seq_len": seq_len, **described,
-                "splits": {name: w.close() for name, w in splits.items()}}
     # Deterministic contents only (no timings; corpus paths as given), so that a rebuild is byte-identical.
-    report = {
-        "corpus": paths,
-        "settings": _settings(paths, described, seq_len, num_shards, validation_fraction),
-        "documents": documents,
-        "skipped": skipped.to_json(),
-        "records": {name: s["records"] for name, s in manifest["splits"].items()},
-        "tokens": {name: s["tokens"] for name, s in manifest["splits"].items()},
-    }
+    report = {"corpus": paths, "settings": _settings(paths, described, seq_len, num_shards, validation_fraction),
+              "skipped": skipped.to_json(), **counts}
     outputs.write_json(os.path.join(tmp, "report.json"), report, sort_keys=True)
-    outputs.write_json(os.path.join(tmp, records.MANIFEST), manifest, sort_keys=True)
+    manifest = _write_manifest(tmp, seq_len, described, splits)
   if verbose:
-    for name, s in manifest["splits"].items():
-      print(f"{name}: {documents[name]} docs -> {s['records']} records, {s['tokens']} tokens "
-            f"in {len(s['shards'])} shard(s)")
-    print(skipped.summary())
-    print(f"seq_len {seq_len}, vocab {described['vocab_size']} ({dtype.name}); {time.time() - start:.1f}s -> {out_dir}")
+    _print_splits(counts["documents"], splits, skipped.summary())
+    print(f"seq_len {seq_len}, vocab {described['vocab_size']} ({np.dtype(described['dtype']).name}); "
+          f"{time.time() - start:.1f}s -> {out_dir}")
   return manifest
 
 
@@ -206,26 +215,16 @@ def build_part(paths: list[str], tokenizer_dir: str, seq_len: int, out_dir: str,
   """One array task's shards, each renamed into `out_dir` when complete; returns stage.run_parts' part dict."""
   _check_args(seq_len, count, validation_fraction)
   tok, described = _load_tokenizer(tokenizer_dir)
-  ids, dtype = described["special_ids"], np.dtype(described["dtype"])
   files = corpus_io.expand_paths(paths)
   if len(files) < count:
     print(f"warning: {len(files)} corpus files for {count} parts: parts {len(files)}..{count - 1} get no input")
-  own = [path for path, _ in files[index::count]]
+  own = [path for path, _ in files[index::count]]   # by file: an id-less document is named after its file name
   os.makedirs(out_dir, exist_ok=True)
   names = {s: [records.shard_name(s, index, count)] for s in ("train", "validation")}
-  splits = {s: _SplitWriter(out_dir, s, 1, seq_len, ids["cls"], ids["sep"], dtype, names=names[s])
-            for s in ("train", "validation")}
-  skipped = corpus_io.Skipped()
-  # Ids of documents without one are named from the file path relative to its corpus argument: stable.
-  docs = corpus_io.iter_documents(own, skipped) if own else iter(())
-  _pack(docs, tok, splits, validation_fraction, skipped, verbose, desc=f"tokenize {index}/{count}")
-  documents = {s: w.documents for s, w in splits.items()}
-  closed = {s: w.close() for s, w in splits.items()}
-  counts = {"corpus_files": len(own), "documents": documents,
-            "records": {s: c["records"] for s, c in closed.items()},
-            "tokens": {s: c["tokens"] for s, c in closed.items()}}
-  return {"counts": counts, "skipped": skipped, "outputs": [n[0] for n in names.values()],
-          "extra": {"shards": {s: c["shards"] for s, c in closed.items()}, "described": described}}
+  counts, splits, skipped = _pack(own, tok, described, seq_len, out_dir, names, validation_fraction, verbose,
+                                  desc=f"tokenize {index}/{count}")
+  return {"counts": {"corpus_files": len(own), **counts}, "skipped": skipped, "outputs": [n[0] for n in names.values()],
+          "extra": {"shards": {s: c["shards"] for s, c in splits.items()}, "described": described}}
 
 
 def merge_parts(out_dir: str, count: int, seq_len: int) -> dict:
@@ -235,21 +234,13 @@ def merge_parts(out_dir: str, count: int, seq_len: int) -> dict:
   described = parts[0]["extra"]["described"]
   if any(p["extra"]["described"] != described for p in parts):
     raise ValueError(f"{out_dir}: parts were built with different tokenizers; rerun them with --force")
-  splits = {}
-  for split in ("train", "validation"):
-    shards = [sh for p in parts for sh in p["extra"]["shards"][split] if sh["records"]]
-    if shards:
-      splits[split] = {"records": sum(sh["records"] for sh in shards), "tokens": sum(sh["tokens"] for sh in shards),
-                       "shards": shards}
+  shards = {s: [sh for p in parts for sh in p["extra"]["shards"][s] if sh["records"]] for s in ("train", "validation")}
+  splits = {s: _split(sh) for s, sh in shards.items() if sh}
   if "train" not in splits:
     raise ValueError(f"{out_dir}: no training records in any part; {stage.skipped_summary(report['skipped'])}")
-  manifest = {"format": records.FORMAT, "seq_len": seq_len, **described, "splits": splits}
-  outputs.write_json(os.path.join(out_dir, records.MANIFEST), manifest, sort_keys=True)
+  manifest = _write_manifest(out_dir, seq_len, described, splits)
   print(stage.summary_line("build_mlm_shards", report))
-  for name, s in splits.items():
-    print(f"{name}: {report['counts']['documents'][name]:,} docs -> {s['records']:,} records, {s['tokens']:,} "
-          f"tokens in {len(s['shards'])} shard(s)")
-  print(stage.skipped_summary(report["skipped"]))
+  _print_splits(report["counts"]["documents"], splits, stage.skipped_summary(report["skipped"]))
   return manifest
 
 
@@ -277,20 +268,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(args) -> None:
   array_mode = args.shard_index is not None or args.merge or "SLURM_ARRAY_TASK_ID" in os.environ
-  if not array_mode:
-    num_shards = 4 if args.num_shards is None else args.num_shards
-    _, described = _load_tokenizer(args.tokenizer)
-    settings = _settings(args.corpus, described, args.seq_len, num_shards, args.validation_fraction)
-    if not args.force and local_build_is_current(args.out, settings):
-      print(f"{args.out} is complete and built with these settings; skipping (--force rebuilds)")
-      return
-    build_mlm_shards(args.corpus, args.tokenizer, args.seq_len, args.out, num_shards=num_shards,
-                     validation_fraction=args.validation_fraction, overwrite=args.overwrite or args.force)
-    return
-  count, indices = stage.resolve_shards(args.num_shards, args.shard_index)
+  count, indices = (stage.resolve_shards(args.num_shards, args.shard_index) if array_mode else
+                    (4 if args.num_shards is None else args.num_shards, []))
   if not args.merge:
-    _, described = _load_tokenizer(args.tokenizer)
-    settings = _settings(args.corpus, described, args.seq_len, count, args.validation_fraction)
+    settings = _settings(args.corpus, _load_tokenizer(args.tokenizer)[1], args.seq_len, count, args.validation_fraction)
+  if not array_mode:
+    if args.force or not local_build_is_current(args.out, settings):
+      build_mlm_shards(args.corpus, args.tokenizer, args.seq_len, args.out, num_shards=count,
+                       validation_fraction=args.validation_fraction, overwrite=args.overwrite or args.force)
+    else:
+      print(f"{args.out} is complete and built with these settings; skipping (--force rebuilds)")
+    return
+  if not args.merge:
     stage.run_parts("build_mlm_shards", args.out, settings, count, indices,
                     lambda k, n: build_part(args.corpus, args.tokenizer, args.seq_len, args.out, k, n,
                                             args.validation_fraction),

@@ -56,6 +56,11 @@ def shards_complete(shard_dir: str, tokenizer_dir: str, seq_len: int) -> bool:
   return manifest["seq_len"] == seq_len and manifest["tokenizer"]["sha256"] == tokenizer_sha
 
 
+def shards_for(config) -> str:
+  """The builder configs/mlm.py:tiny names (`config.data.shards = "data_prep.demo:shards_for"`)."""
+  return ensure_demo_data(config.data.cache_dir, seq_len=config.data.seq_len, vocab_size=config.model.vocab_size)
+
+
 def ensure_demo_data(cache_dir: str, seq_len: int = 128, vocab_size: int = 4096) -> str:
   """Build the demo tokenizer and shards under `cache_dir` unless already there; return the shard directory."""
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))

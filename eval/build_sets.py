@@ -5,7 +5,7 @@
 Sizes default to the paper's (Sec. 3.2): 1,000 abstracts x each merged class for clustering, 50k citation pairs,
 50k retrieval queries, 1,000 evaluation abstracts and 10,000 training pairs per subdomain subcategory. On a small
 snapshot each size is capped at what the data holds; the printed summary and manifest.json say where.
-The file layout is eval/sets.py's.
+The file layout is physbert_jax/evaluation/sets.py's.
 
 Determinism: every set draws from its own numpy Generator seeded with (--seed, set number), over candidates
 sorted by id, so the same inputs and flags give byte-identical files, and changing one set's size does not
@@ -36,17 +36,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 
 import numpy as np
 
 from data_prep import stage, taxonomy
 from data_prep.corpus_io import Skipped
-from data_prep.pairs import papers
+from data_prep.pairs import papers, writer
 from data_prep.pairs.papers import read_exclude
-from physbert_jax import outputs
-from eval import citations, sets
+from physbert_jax import outputs, records
+from eval import citations
+from physbert_jax.evaluation import sets
 
 # The paper's sizes (Sec. 3.2 and 4).
 PAPER_SIZES = {"clustering_per_class": 1000, "citation_pairs": 50_000, "retrieval_queries": 50_000,
@@ -55,19 +55,8 @@ PAPER_SIZES = {"clustering_per_class": 1000, "citation_pairs": 50_000, "retrieva
 # scaled), never above the paper's and never below these: a clustering class needs >= 10 texts for 10 stratified
 # folds, 20 keeps two a fold.
 MIN_SIZES = {"clustering_per_class": 20, "subdomain_eval_per_class": 20}
-# Withdrawal notices ("This paper has been withdrawn by the author...") are not abstracts. They are short.
-_WITHDRAWN = re.compile(r"\b(withdrawn|withdraw)\b", re.IGNORECASE)
 STAGE = "eval.build_sets"   # the output marker (physbert_jax.outputs)
 _SET_SEEDS = {"clustering": 1, "citation": 2, "retrieval": 3, "subdomain_eval": 4, "subdomain_train": 5}
-
-
-def clean(text: str) -> str:
-  """Collapse the snapshot's line wrapping; LaTeX is kept as it is (the model sees it in training too)."""
-  return " ".join(text.split())
-
-
-def usable(title: str, abstract: str) -> bool:
-  return bool(title) and len(abstract) >= 20 and not (len(abstract) < 400 and _WITHDRAWN.search(abstract))
 
 
 def _records(path: str, skipped: Skipped | None = None):
@@ -102,7 +91,8 @@ def scan_metadata(path: str, years: dict[str, int | None] | None = None,
       code = taxonomy.primary(rec.get("categories") or "")
     except ValueError:
       continue
-    if taxonomy.is_physics(code) and usable(clean(rec.get("title") or ""), clean(rec.get("abstract") or "")):
+    title, abstract = papers.clean(rec.get("title") or ""), papers.clean(rec.get("abstract") or "")
+    if taxonomy.is_physics(code) and title and not papers.unusable(abstract):   # data_prep's rule: one for both
       primaries[rec["id"]] = code
       if years is not None:
         years[rec["id"]] = v1_year(rec)
@@ -114,7 +104,7 @@ def read_texts(path: str, ids: set[str]) -> dict[str, tuple[str, str]]:
   texts = {}
   for rec in _records(path, Skipped()):     # the damage was counted in pass 1
     if rec["id"] in ids:
-      texts[rec["id"]] = (clean(rec["title"]), clean(rec["abstract"]))
+      texts[rec["id"]] = (papers.clean(rec["title"]), papers.clean(rec["abstract"]))
   return texts
 
 
@@ -226,7 +216,7 @@ def build(metadata: str, citations_path: str | None, out: str, seed: int, min_cl
   # Citations.
   citation_rows, citation_stats, citation_sources = [], {}, []
   if citations_path:
-    graph = citations.read_graph(citations_path)
+    graph = citations.read_graph(citations_path, skipped)
     citation_sources = graph.files
     citation_rows, citation_stats = citations.sample_pairs(graph, sizes["citation_pairs"], _rng(seed, "citation"))
     log(f"{citations_path}: {citation_stats['papers']:,} papers with titles, "
@@ -271,9 +261,19 @@ def build(metadata: str, citations_path: str | None, out: str, seed: int, min_cl
       codes = taxonomy.SUBDOMAINS[domain]
       write(sets.subdomain_file(domain),
             ({"id": p, "text": texts[p][1], "label": c} for c in codes for p in sub_eval[c]))
-      write(os.path.join(sets.TRAIN_DIR, sets.subdomain_file(domain)),
-            ({"id": p, "anchor": texts[p][0], "positive": texts[p][1], "label": c}
-             for c in codes for p in sub_train[c]))
+      # Training pairs as a pair set (title -> abstract), what configs/subdomain.py trains on as it is.
+      pairs_dir = os.path.join(out, sets.TRAIN_DIR, sets.subdomain_pairs(domain))
+      shards = writer.ShardWriter(pairs_dir)
+      for p in (p for c in codes for p in sub_train[c]):
+        shards.write({"anchor": texts[p][0], "positive": texts[p][1], "source": f"subdomain-{domain}",
+                      "anchor_id": p, "positive_id": p})
+      split = shards.close()
+      outputs.write_json(os.path.join(pairs_dir, records.MANIFEST), writer.manifest(
+          f"subdomain-{domain}", split, seed=seed, counts={"pairs": split["records"]}, sources=[metadata]),
+          sort_keys=True)
+      for shard in split["shards"]:
+        name = os.path.join(sets.TRAIN_DIR, sets.subdomain_pairs(domain), shard["path"])
+        files[name] = {"rows": shard["records"], "sha256": sets.sha256_file(os.path.join(out, name))}
     with open(os.path.join(out, sets.IDS), "w") as f:
       f.writelines(p + "\n" for p in sorted(eval_ids))
     train_ids = set().union(*sub_train.values())

@@ -10,11 +10,14 @@ Sources read (a directory may hold several files; each is recognised by its name
 from __future__ import annotations
 
 import glob
-import gzip
-import json
 import os
 
 import numpy as np
+
+from data_prep import stage
+from data_prep.corpus_io import Skipped
+from data_prep.pairs import papers
+from data_prep.pairs.citation import PaperscapeSource
 
 
 class Graph:
@@ -26,7 +29,6 @@ class Graph:
     self.files: list[str] = []
 
   def add(self, pid: str, title: str, refs) -> None:
-    title = " ".join(title.split())
     if not pid or not title:
       return  # a paper without a title cannot be a text pair
     self.title[pid] = title
@@ -45,42 +47,26 @@ def citation_files(path: str) -> list[str]:
   return sorted(names)
 
 
-def read_graph(path: str) -> Graph:
+def read_graph(path: str, skipped: Skipped | None = None) -> Graph:
+  """The graph of every citation file at `path`, read as data_prep's citation pairs read them: ids without version
+  or prefix, titles with the line wrapping collapsed, a malformed row counted in `skipped` (file and line)."""
   files = citation_files(path)
   if not files:
     raise FileNotFoundError(f"{path}: no citation files (expected pscp-*.csv or *.jsonl[.gz] with id/title/refs)")
+  skipped = Skipped() if skipped is None else skipped
   graph = Graph()
   for name in files:
     graph.files.append(name)
     if name.endswith(".csv"):
-      _read_paperscape(name, graph)
-    else:
-      _read_jsonl(name, graph)
+      for pid, refs, title in PaperscapeSource(name).rows(skipped):
+        graph.add(pid, title, [papers.arxiv_id(r) for r in refs.split(",") if r.strip()])
+      continue
+    for lineno, row in stage.iter_json_lines(name, skipped, os.path.basename(name)):
+      if not all(isinstance(row.get(k), t) for k, t in (("id", str), ("title", str), ("refs", list))):
+        skipped.add(os.path.basename(name), lineno, "citation row without string id/title and list refs")
+        continue
+      graph.add(papers.arxiv_id(row["id"]), papers.clean(row["title"]), [papers.arxiv_id(str(r)) for r in row["refs"]])
   return graph
-
-
-def _read_paperscape(name: str, graph: Graph) -> None:
-  with open(name, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if line.startswith("#") or not line.strip():
-        continue
-      parts = line.rstrip("\n").split(";", 6)  # the title (last) may contain ';'
-      if len(parts) != 7:
-        raise ValueError(f"{name}: line {lineno}: expected 7 ';'-separated fields, got {len(parts)}")
-      pid, _, _, _, refs, _, title = parts
-      graph.add(pid.strip(), title, refs.split(","))
-
-
-def _read_jsonl(name: str, graph: Graph) -> None:
-  opener = gzip.open if name.endswith(".gz") else open
-  with opener(name, "rt", encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      row = json.loads(line)
-      if "id" not in row or "title" not in row or "refs" not in row:
-        raise ValueError(f"{name}: line {lineno}: a citation row needs 'id', 'title' and 'refs'")
-      graph.add(str(row["id"]), str(row["title"]), [str(r) for r in row["refs"]])
 
 
 def positive_pairs(graph: Graph) -> list[tuple[str, str]]:

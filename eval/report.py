@@ -16,7 +16,7 @@ import subprocess
 
 import numpy as np
 
-from eval import tasks
+from physbert_jax.evaluation import tasks
 
 MAIN_TASKS = ("clustering", "citation", "retrieval")
 SUB_TASKS = tuple(t for t in tasks.TASKS if t.startswith("subdomain-"))

@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # evaluation never downloads: mode
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from eval import report as report_lib  # noqa: E402
-from eval import sets, tasks  # noqa: E402
+from physbert_jax.evaluation import sets, tasks  # noqa: E402
 
 
 class ModelError(ValueError):

@@ -1,4 +1,7 @@
-"""Contrastive fine-tuning: SimCSE-supervised / MultipleNegativesRankingLoss with in-batch negatives, and GradCache.
+"""The contrastive objective (paper Sec. 3.2): SimCSE-supervised / MultipleNegativesRankingLoss with in-batch
+negatives and GradCache; its loss, its step, its input (pair shards) and its validation (the eval suite's tasks).
+
+    objective(config, model, mesh, workdir) -> steps.Objective   (train.py runs it)
 
 For anchor i the positive is positive i; every other positive in the *global* batch (and every hard negative, if
 given) is a negative. Cosine similarities are divided by the temperature (0.05, i.e. sentence-transformers' scale
@@ -9,16 +12,23 @@ that gives each device the global batch as negatives.
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
+import tempfile
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
+from physbert_jax import input_pipeline, metrics as metrics_lib, multihost, pair_pipeline, records, sharding
+from physbert_jax.convert import EncoderSettings, Weights
 from physbert_jax.model import pool
-from physbert_jax.steps import TrainState
+from physbert_jax.steps import Objective, TrainState
 
 TEXT_GROUPS = ("anchor", "positive", "negative")
 
@@ -146,3 +156,110 @@ def make_contrastive_step(model, tx: optax.GradientTransformation, schedule: opt
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
+
+
+def objective(config: ml_collections.ConfigDict, model, mesh, workdir: str) -> Objective:
+  tokenizer_dir = config.data.tokenizer or os.path.join(config.init_from, "tokenizer")
+  if os.path.isfile(os.path.join(workdir, "tokenizer", "tokenizer.json")):
+    tokenizer_dir = os.path.join(workdir, "tokenizer")      # a resume uses the run's own copy
+  if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
+    raise FileNotFoundError(f"{tokenizer_dir}/tokenizer.json not found: set config.data.tokenizer, or "
+                            "config.init_from to a workdir that has a tokenizer/ folder")
+  sources = [dict(s) for s in config.data.sources]
+  train, counts = pair_pipeline.pair_batches(
+      sources, tokenizer_dir=tokenizer_dir, max_length=config.data.max_length,
+      global_batch_size=config.data.global_batch_size, seed=config.seed,
+      rows=sharding.process_rows(mesh, config.data.global_batch_size), hard_negatives=config.contrastive.hard_negatives,
+      length_buckets=config.data.get("length_buckets", ()),
+      one_source_per_batch=config.data.get("one_source_per_batch", True))
+  steps_per_epoch = max(sum(counts.values()) // config.data.global_batch_size, 1)
+  special = records.special_ids(os.path.join(tokenizer_dir, "tokenizer.json"), optional=("mask",))
+  length = config.data.max_length
+
+  def init_params(rng):
+    d = jnp.zeros((1, length), jnp.int32)
+    return model.init({"params": rng}, d, d + 1)["params"]          # no MLM head
+
+  def make_step(tx, schedule):
+    return make_contrastive_step(model, tx, schedule, cfg=config.contrastive, pooling=config.pooling,
+                                             special_ids=special)
+
+  # Forward+backward of every text, plus the GradCache re-embedding pass (one more forward); each text group at
+  # the length it was padded to this step.
+  recompute = 4 / 3 if config.contrastive.grad_cache_chunks > 1 else 1.0
+
+  def batch_cost(local):
+    shapes = [v.shape for k, v in local.items() if k.endswith("_ids")]
+    tokens = sum(b * l for b, l in shapes)
+    return tokens, sum(b * l * metrics_lib.train_flops_per_token(model.cfg, l, 0.0) * recompute for b, l in shapes)
+
+  settings = encoder_settings(config)
+  evaluate = (_validator(config, model, mesh, tokenizer_dir, workdir, settings,
+                         pair_pipeline.trained_classes([s["path"] for s in sources]))
+              if config.validation.sets else None)
+  pad = functools.partial(pair_pipeline.pad_to_common_length, pad_id=special["pad"])
+  return Objective(
+      batches=lambda start: map(pad, input_pipeline.stream(train, start, worker_count=config.data.worker_count)),
+      steps_per_epoch=steps_per_epoch, init_params=init_params, make_step=make_step, evaluate=evaluate,
+      best_metric="val_mean" if evaluate else None, batch_cost=batch_cost, tokenizer_dir=tokenizer_dir,
+      encoder=settings,
+      describe=f"contrastive on {', '.join(f'{k} ({v} pairs)' for k, v in counts.items())}: "
+               f"{steps_per_epoch} steps/epoch")
+
+
+def encoder_settings(config) -> EncoderSettings:
+  """How the run's embeddings are meant to be computed: with the pooling it trains, at the length it trains on,
+  normalised and lowercased as the model it started from declares (an imported sentence-transformers folder's
+  encoder.json). The validator encodes with these; train.py writes them to workdir/encoder.json."""
+  init = (EncoderSettings.read(config.init_from) if config.init_from else None) or EncoderSettings()
+  return EncoderSettings(pooling=config.pooling, max_length=int(config.data.max_length), normalize=init.normalize,
+                         lowercase=init.lowercase)
+
+
+def _validator(config, model, mesh, tokenizer_dir: str, workdir: str, settings: EncoderSettings, trained=None):
+  """The eval suite's tasks (clustering V-measure, citation accuracy, retrieval nDCG@10) on config.validation.sets,
+  through the same Encoder the benchmark uses; `val_mean` is their mean, the paper's checkpoint criterion.
+
+  The clustering set holds classes the category pairs do not teach (eval.build_sets keeps every class the corpus
+  supports), so a run that forgets them loses V-measure and its checkpoint is not chosen. Logged beside it:
+  V-measure on the `trained` classes and on the `untrained` ones, and 10-NN class accuracy."""
+  from physbert_jax.encode import Encoder         # encode imports jax's CPU/GPU choices; only a validating run
+  from physbert_jax.evaluation import tasks as eval_tasks   # needs it and sklearn
+
+  task_names = list(config.validation.tasks)
+  replicate = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))
+
+  def evaluate(params, step):
+    # Parameters sharded over processes (FSDP) are gathered first; process 0 validates and tells the others, so
+    # every process records the same metrics and keeps the same best checkpoint.
+    params = replicate(params)
+    result = None
+    if jax.process_index() == 0:
+      with jax.set_mesh(sharding.local_mesh()):   # this process alone: the model's sharding constraints must not
+        result = validate(params, step)           # name the devices of the others while they wait
+    return multihost.broadcast(result)
+
+  def validate(params, step):
+    weights = Weights(cfg=model.cfg, params=jax.device_get(params), encoder=settings, tokenizer_dir=tokenizer_dir,
+                      source=workdir, step=step)
+    encoder = Encoder(weights, name=f"{os.path.basename(os.path.abspath(workdir))}@{step}", dtype="float32",
+                      max_length=settings.max_length)
+    cache = tempfile.mkdtemp(prefix="physbert-val-")   # embeddings of one step are never reused
+    try:
+      ctx = eval_tasks.Context(sets_dir=config.validation.sets, cache_dir=cache, seed=config.seed,
+                               batch_size=config.validation.batch_size, folds=config.validation.folds,
+                               trained_classes=trained)
+      out = {}
+      for name in task_names:
+        result = eval_tasks.run(ctx, encoder, name)
+        out[f"val_{name}"] = float(result["main"])
+        for key, short in (("v_measure_trained", "trained"), ("v_measure_untrained", "untrained"),
+                           ("knn_accuracy", "knn")):
+          if key in result:
+            out[f"val_{name}_{short}"] = float(result[key])
+    finally:
+      shutil.rmtree(cache, ignore_errors=True)
+    out["val_mean"] = float(np.mean([out[f"val_{n}"] for n in task_names]))
+    return out
+
+  return evaluate

@@ -7,11 +7,11 @@ and a transpose, `hf_names.py`), fp32 both ways.
 to-hf writes a folder that loads offline in transformers (AutoModel, BertModel; BertForMaskedLM when the run kept
 its MLM head) and in sentence-transformers 5.x and 6.x (the pre-5.4 config keys, which 6.x still reads):
 config.json, fp32 model.safetensors, tokenizer files, modules.json, 1_Pooling/config.json, sentence_bert_config.json,
-config_sentence_transformers.json, README.md (model card) and physbert_jax.json (our pooling name,
-which sentence-transformers cannot always express).
+config_sentence_transformers.json, README.md (model card) and encoder.json (EncoderSettings: our pooling name, which
+sentence-transformers cannot always express).
 
 from-hf writes a workdir that `train` (config.init_from) and `encode` read: config.json (what was imported: variant
-"imported", the source folder, the model and its pooling; no training settings), tokenizer/, encoder.json (the max
+"imported", the source folder and the model; no training settings), tokenizer/, encoder.json (the pooling, max
 length, normalisation and lowercasing the folder declared) and checkpoints/0/state = {step: 0, params,
 opt_state: {}}. The model card a to-hf export carries is model_card.py's.
 
@@ -44,7 +44,43 @@ ST_VERSION_CLAIMED = "5.0.0"
 NO_SPECIAL_WARNING = (
     "pooling 'mean_no_special' (mean over tokens except [CLS]/[SEP]) cannot be expressed in sentence-transformers: "
     "the exported 1_Pooling uses plain mean, so SentenceTransformer embeddings include [CLS]/[SEP] and differ "
-    "slightly from physbert_jax.encode, which reads physbert_jax.json and pools without them")
+    "slightly from physbert_jax.encode, which reads encoder.json and pools without them")
+POOLINGS = ("mean", "cls", "mean_no_special")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSettings:
+  """How a model turns a text into one vector, besides its weights: the one record of it, `encoder.json`.
+
+  Written once per folder: by `train` into its workdir (what the run trained and validated with), by `from-hf`
+  into an import, by `to-hf` beside the sentence-transformers files (which cannot say mean_no_special). Read by
+  encode, convert, eval and the contrastive validator, so the best checkpoint's numbers are reproducible outside
+  the run.
+  """
+  pooling: str = "mean"        # mean | cls | mean_no_special
+  max_length: int = 512        # longest input in tokens, never past the model's max_position_embeddings
+  normalize: bool = False      # L2-normalise embeddings (a sentence-transformers Normalize module)
+  lowercase: bool = False      # lowercase text before tokenising (sentence-transformers' do_lower_case; rare)
+
+  FILE = "encoder.json"
+
+  def __post_init__(self):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"unknown pooling {self.pooling!r}; use {', '.join(POOLINGS)}")
+
+  @classmethod
+  def read(cls, folder: str) -> "EncoderSettings | None":
+    path = os.path.join(folder, cls.FILE)
+    if not os.path.exists(path):
+      return None
+    record = _read_json(path)
+    try:
+      return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls) if f.name in record})
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{path}: {e}") from None
+
+  def write(self, folder: str) -> None:
+    outputs.write_json(os.path.join(folder, self.FILE), dataclasses.asdict(self), sort_keys=True)
 
 
 @dataclasses.dataclass
@@ -52,10 +88,7 @@ class Weights:
   """A BERT encoder as read from any source, with what encoding it needs besides the parameters."""
   cfg: BertConfig
   params: dict          # numpy fp32 tree of model.Bert; 'cls' holds the MLM head when the source has one
-  pooling: str          # mean | cls | mean_no_special
-  max_length: int       # longest input (tokens) the source declares
-  normalize: bool       # L2-normalise embeddings (a sentence-transformers Normalize module)
-  lowercase: bool       # lowercase text before tokenising (sentence-transformers' do_lower_case; rare)
+  encoder: EncoderSettings
   tokenizer_dir: str
   source: str           # the file or checkpoint read, for messages and the model card
   step: int | None = None
@@ -70,13 +103,6 @@ def _read_json(path: str) -> dict:
       return json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def _write_json(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
 
 
 def is_workdir(path: str) -> bool:
@@ -142,15 +168,19 @@ def read_workdir(workdir: str, step: int | None = None, best: bool = False) -> W
   if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
     raise FileNotFoundError(f"{tokenizer_dir}/tokenizer.json is missing; runs started before the trainer copied "
                             "its tokenizer need it copied by hand from the data directory's tokenizer")
-  extra_path = os.path.join(workdir, "encoder.json")
-  extra = _read_json(extra_path) if os.path.exists(extra_path) else {}
   cfg = BertConfig(**model)
-  return Weights(
-      cfg=cfg, params=params, pooling=config.get("pooling", "mean"),
-      max_length=min(int(extra.get("max_length", cfg.max_position_embeddings)), cfg.max_position_embeddings),
-      normalize=bool(extra.get("normalize", config.get("normalize", False))),
-      lowercase=bool(extra.get("lowercase", False)), tokenizer_dir=tokenizer_dir,
-      source=f"{directory}/{step}", step=step, train_config=config)
+  settings = EncoderSettings.read(workdir)
+  if settings is None:
+    raise FileNotFoundError(f"{workdir}/{EncoderSettings.FILE} is missing (runs started before the trainer wrote it): "
+                            "rerun the run's train command, which writes it (a finished run then exits), or write "
+                            f"{{\"pooling\": \"mean\", \"max_length\": {cfg.max_position_embeddings}, "
+                            "\"normalize\": false, \"lowercase\": false}, what such runs encoded with")
+  return Weights(cfg=cfg, params=params, encoder=_fit(settings, cfg), tokenizer_dir=tokenizer_dir,
+                 source=f"{directory}/{step}", step=step, train_config=config)
+
+
+def _fit(settings: EncoderSettings, cfg: BertConfig) -> EncoderSettings:
+  return dataclasses.replace(settings, max_length=min(int(settings.max_length), cfg.max_position_embeddings))
 
 
 def import_hf(folder: str, out: str, pooling: str | None = None, overwrite: bool = False) -> str:
@@ -161,12 +191,10 @@ def import_hf(folder: str, out: str, pooling: str | None = None, overwrite: bool
   w = read_hf_folder(folder)
   with outputs.staged(out, "convert from-hf", overwrite) as tmp:   # a new or empty --out; published whole
     # What the workdir is and nothing more: no training happened here, so no training settings are claimed.
-    _write_json(os.path.join(tmp, "config.json"), {
+    outputs.write_json(os.path.join(tmp, "config.json"), {
         "variant": "imported", "objective": "imported", "imported_from": os.path.abspath(folder),
-        "model": dataclasses.asdict(w.cfg), "pooling": pooling or w.pooling})
-    _write_json(os.path.join(tmp, "encoder.json"), {
-        "max_length": w.max_length, "normalize": w.normalize, "lowercase": w.lowercase,
-        "imported_from": os.path.abspath(folder)})
+        "model": dataclasses.asdict(w.cfg)})
+    dataclasses.replace(w.encoder, pooling=pooling or w.encoder.pooling).write(tmp)
     _copy_tokenizer(w.tokenizer_dir, os.path.join(tmp, "tokenizer"))
     # A params-only train state: init_from (checkpointing.restore_params) reads `params` and nothing else.
     manager = checkpointing.make_manager(tmp, ml_collections.ConfigDict(dict(keep=1, keep_every=0,
@@ -213,14 +241,12 @@ def read_hf_folder(folder: str) -> Weights:
   st = _read_json(st_path) if os.path.exists(st_path) else {}
   tok_path = os.path.join(transformer_dir, "tokenizer_config.json")
   tok_max = _read_json(tok_path).get("model_max_length") if os.path.exists(tok_path) else None
-  ours_path = os.path.join(folder, "physbert_jax.json")        # written by to-hf: the pooling ST cannot express
-  ours = _read_json(ours_path) if os.path.exists(ours_path) else {}
   max_length = st.get("max_seq_length") or (tok_max if isinstance(tok_max, int) and tok_max < 1_000_000 else None)
-  return Weights(
-      cfg=cfg, params=params, pooling=ours.get("pooling") or pooling or "mean",   # ST's default is mean
-      max_length=min(int(max_length or cfg.max_position_embeddings), cfg.max_position_embeddings),
-      normalize=normalize, lowercase=bool(st.get("do_lower_case", False)), tokenizer_dir=transformer_dir,
-      source=weights_path)
+  settings = EncoderSettings.read(folder) or EncoderSettings(   # ours (to-hf) says what ST cannot; else ST's files
+      pooling=pooling or "mean", max_length=int(max_length or cfg.max_position_embeddings), normalize=normalize,
+      lowercase=bool(st.get("do_lower_case", False)))             # ST's default pooling is mean
+  return Weights(cfg=cfg, params=params, encoder=_fit(settings, cfg), tokenizer_dir=transformer_dir,
+                 source=weights_path)
 
 
 def read_safetensors(folder: str) -> tuple[dict[str, np.ndarray], str]:
@@ -257,7 +283,8 @@ def write_hf_folder(w: Weights, out: str, pooling: str | None = None, workdir: s
   """Weights -> a transformers + sentence-transformers folder at `out`. Returns `out`."""
   from safetensors.numpy import save_file
 
-  pooling = pooling or w.pooling
+  settings = dataclasses.replace(w.encoder, pooling=pooling or w.encoder.pooling)
+  pooling = settings.pooling
   st_pooling = hf_names.pooling_to_st(pooling, w.cfg.hidden_size)
   if pooling == "mean_no_special":
     warnings.warn(NO_SPECIAL_WARNING, stacklevel=2)
@@ -267,26 +294,26 @@ def write_hf_folder(w: Weights, out: str, pooling: str | None = None, workdir: s
     if head:   # tied to the word embeddings: one tensor on disk, as transformers saves it
       del state["cls.predictions.decoder.weight"], state["cls.predictions.decoder.bias"]
     save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    _write_json(os.path.join(tmp, "config.json"),
+    outputs.write_json(os.path.join(tmp, "config.json"),
                 hf_names.config_to_hf(w.cfg, "BertForMaskedLM" if head else "BertModel"))
-    _copy_tokenizer(w.tokenizer_dir, tmp, model_max_length=w.max_length)
+    _copy_tokenizer(w.tokenizer_dir, tmp, model_max_length=settings.max_length)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if w.normalize:
+    if settings.normalize:
       modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
       os.makedirs(os.path.join(tmp, "2_Normalize"))
-    _write_json(os.path.join(tmp, "modules.json"), modules)
-    _write_json(os.path.join(tmp, "1_Pooling", "config.json"), st_pooling)
-    _write_json(os.path.join(tmp, "sentence_bert_config.json"),
-                {"max_seq_length": w.max_length, "do_lower_case": w.lowercase})
-    _write_json(os.path.join(tmp, "config_sentence_transformers.json"), {
+    outputs.write_json(os.path.join(tmp, "modules.json"), modules)
+    os.makedirs(os.path.join(tmp, "1_Pooling"))
+    outputs.write_json(os.path.join(tmp, "1_Pooling", "config.json"), st_pooling)
+    outputs.write_json(os.path.join(tmp, "sentence_bert_config.json"),
+                {"max_seq_length": settings.max_length, "do_lower_case": settings.lowercase})
+    outputs.write_json(os.path.join(tmp, "config_sentence_transformers.json"), {
         "model_type": "SentenceTransformer",
         "__version__": {"sentence_transformers": ST_VERSION_CLAIMED, "transformers": "4.56.0", "pytorch": "2.4.0"},
         "prompts": {"query": "", "document": ""}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
-    _write_json(os.path.join(tmp, "physbert_jax.json"),
-                {"pooling": pooling, "source": w.source, "step": w.step, "normalize": w.normalize})
+    settings.write(tmp)
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-      f.write(model_card(w, pooling, os.path.basename(out.rstrip("/")), workdir))
+      f.write(model_card(w, settings, os.path.basename(out.rstrip("/")), workdir))
   return out
 
 
@@ -313,7 +340,7 @@ def _copy_tokenizer(src: str, dst: str, model_max_length: int | None = None) -> 
   if model_max_length is not None:
     path = os.path.join(dst, "tokenizer_config.json")
     config = _read_json(path) if os.path.exists(path) else {"tokenizer_class": "BertTokenizer"}
-    _write_json(path, {**config, "model_max_length": model_max_length})
+    outputs.write_json(path, {**config, "model_max_length": model_max_length})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,13 +20,11 @@ import argparse
 import collections
 import dataclasses
 import functools
-import gzip
 import hashlib
 import json
 import os
 import sys
 import time
-import zlib
 from typing import Sequence
 
 import flax.linen as nn
@@ -36,8 +34,9 @@ import numpy as np
 from absl import logging as absl_logging
 from tqdm import tqdm
 
-from physbert_jax import convert, hf_names, outputs
+from physbert_jax import convert, hf_names, outputs, records
 from physbert_jax.model import Bert, pool
+from physbert_jax.pair_pipeline import bucket_for, bucket_lengths
 
 # Padded lengths: steps of 16 tokens up to 256, 32 beyond. A batch of length-sorted texts wastes < 16 (32) tokens
 # per text; a large set compiles at most 24 shapes, ~0.5 s each for MiniLM on CPU.
@@ -56,13 +55,14 @@ class Encoder:
     if dtype not in DTYPES:
       raise ValueError(f"dtype {dtype!r}: use float32 or bfloat16")
     self.name = name
-    self.pooling = pooling or weights.pooling
-    if self.pooling not in ("mean", "cls", "mean_no_special"):
-      raise ValueError(f"{name}: unknown pooling {self.pooling!r}; use mean, cls or mean_no_special")
+    try:
+      self.settings = dataclasses.replace(weights.encoder, pooling=pooling or weights.encoder.pooling,
+                                          max_length=min(int(max_length), weights.encoder.max_length))
+    except ValueError as e:        # never past the length the model declares
+      raise ValueError(f"{name}: {e}") from None
+    self.pooling, self.max_length = self.settings.pooling, self.settings.max_length
+    self.normalize, self.lowercase = self.settings.normalize, self.settings.lowercase
     self.dtype = DTYPES[dtype]
-    self.max_length = min(int(max_length), weights.max_length)   # never past what the model declares
-    self.normalize = weights.normalize
-    self.lowercase = weights.lowercase
     self.dim = weights.cfg.hidden_size
     self._weights = weights
     self._tokenizer = _load_tokenizer(weights.tokenizer_dir, self.max_length)
@@ -110,6 +110,7 @@ class Encoder:
     encodings = self._tokenizer.encode_batch(texts)
     lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
     order = np.argsort(-lengths, kind="stable")
+    buckets = bucket_lengths(self.max_length, BUCKETS)
     pending = collections.deque()
 
     def collect():
@@ -120,7 +121,7 @@ class Encoder:
     with tqdm(total=len(texts), unit="text", desc=self.name, disable=not show_progress, dynamic_ncols=True) as bar:
       start = 0
       while start < len(texts):
-        length = bucket_length(int(lengths[order[start]]), self.max_length)   # the longest left
+        length = bucket_for(int(lengths[order[start]]), buckets)   # the longest left
         rows = max(1, min(batch_size, MAX_TOKENS.get(jax.default_backend(), 1 << 30) // length))
         idx = order[start:start + rows]
         start += len(idx)
@@ -133,10 +134,6 @@ class Encoder:
       while pending:
         collect()
     return out
-
-
-def bucket_length(length: int, max_length: int) -> int:
-  return next((b for b in BUCKETS if b >= length and b <= max_length), max_length)
 
 
 def _pad(encodings, rows: int, length: int, special: bool):
@@ -185,7 +182,6 @@ def _load_tokenizer(directory: str, max_length: int):
 
 def read_texts(path: str, field: str = "text") -> list[str]:
   """.txt: one text per line. .jsonl: one JSON string or object per line (`field` of it). Either may be .gz."""
-  opener = gzip.open if path.endswith(".gz") else open
   stem = path[:-3] if path.endswith(".gz") else path
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no such file")
@@ -194,29 +190,11 @@ def read_texts(path: str, field: str = "text") -> list[str]:
   # Every line becomes one embedding row, so a bad line is an error naming it, not a silent skip: the output's
   # row i must stay text i of the input.
   texts = []
-  n = 0
-  try:
-    with opener(path, "rb") as f:
-      for n, raw in enumerate(f, 1):
-        try:
-          line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise ValueError(f"{path}:{n}: not UTF-8 (byte {e.start} of the line); re-encode the file as UTF-8") from None
-        if stem.endswith(".txt"):
-          texts.append(line.rstrip("\n").rstrip("\r"))
-          continue
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
-        text = row if isinstance(row, str) else row.get(field) if isinstance(row, dict) else None
-        if not isinstance(text, str):
-          raise ValueError(f"{path}:{n}: no string field {field!r} (use --field)")
-        texts.append(text)
-  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-    raise ValueError(f"{path}: truncated or corrupt gzip after line {n} ({e}); recompress the file") from None
+  for n, row in records.strict_lines(path, json_rows=not stem.endswith(".txt")):
+    text = row if isinstance(row, str) else row.get(field) if isinstance(row, dict) else None
+    if not isinstance(text, str):
+      raise ValueError(f"{path}:{n}: no string field {field!r} (use --field)")
+    texts.append(text)
   return texts
 
 

@@ -15,7 +15,7 @@ import os
 import jax
 import ml_collections
 
-from physbert_jax import checkpointing, multihost, outputs
+from physbert_jax import checkpointing, outputs
 
 
 def _short(key: str, value) -> str:
@@ -23,35 +23,10 @@ def _short(key: str, value) -> str:
   return f"{name}{value:g}" if isinstance(value, float) else f"{name}{value}"
 
 
-def prepare_subdomain_pairs(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """eval.build_sets' subdomain training rows (JSON lines: id, anchor, positive, label) -> pair shards, once."""
-  from data_prep.pairs import writer
-  from eval import sets
-
-  out = os.path.join(workdir, "pairs")
-  if os.path.exists(os.path.join(out, "manifest.json")):
-    return out
-  source = config.data.pairs_jsonl
-  if not os.path.exists(source):
-    raise FileNotFoundError(f"{source} not found: build it with `python -m eval.build_sets ...` "
-                            "(train/subdomain-<domain>.jsonl.gz), or set config.data.pairs_jsonl")
-  rows = sets.load_rows(source, "train_pairs")
-  pairs = ({"anchor": r["anchor"], "positive": r["positive"], "source": f"subdomain-{config.subdomain}",
-            "anchor_id": r["id"], "positive_id": r["id"]} for r in rows)
-  writer.write_pairs(out, pairs, num_shards=1,
-                     make_manifest=lambda split: writer.manifest(f"subdomain-{config.subdomain}", split, seed=0,
-                                                                 counts={"pairs": len(rows)}, sources=[source]),
-                     report={"source": source, "pairs": len(rows)})
-  return out
-
-
 def run_grid(config: ml_collections.ConfigDict, workdir: str, train_fn) -> dict:
   keys = [k for k, _ in config.grid]
   base = copy.deepcopy(config.to_dict())
   base["grid"] = []
-  if config.get("subdomain"):
-    multihost.once("subdomain pairs", lambda: prepare_subdomain_pairs(config, workdir))
-    base["data"]["sources"] = [{"path": prepare_subdomain_pairs(config, workdir), "weight": 1.0}]
   results = []
   for values in itertools.product(*(v for _, v in config.grid)):
     point = copy.deepcopy(base)

@@ -12,7 +12,7 @@ import numpy as np
 from physbert_jax import hf_names
 
 if TYPE_CHECKING:
-  from physbert_jax.convert import Weights
+  from physbert_jax.convert import EncoderSettings, Weights
 
 
 _POOLING_TEXT = {
@@ -23,8 +23,8 @@ _POOLING_TEXT = {
 }
 
 
-def model_card(w: Weights, pooling: str, name: str, workdir: str | None) -> str:
-  cfg = w.cfg
+def model_card(w: Weights, settings: EncoderSettings, name: str, workdir: str | None) -> str:
+  cfg, pooling = w.cfg, settings.pooling
   n_params = sum(int(np.prod(a.shape)) for a in hf_names.flatten(w.params).values())
   lines = [
       "---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
@@ -36,13 +36,14 @@ def model_card(w: Weights, pooling: str, name: str, workdir: str | None) -> str:
       f"{n_params / 1e6:.1f}M parameters, vocabulary {cfg.vocab_size}"
       + (", with its MLM head (`BertForMaskedLM`)" if "cls" in w.params else ""),
       f"- Embedding: {cfg.hidden_size} dimensions; pooling: {_POOLING_TEXT[pooling]}; "
-      f"{'L2-normalised' if w.normalize else 'not normalised'}; inputs truncated to {w.max_length} tokens", "",
+      f"{'L2-normalised' if settings.normalize else 'not normalised'}; "
+      f"inputs truncated to {settings.max_length} tokens", "",
   ]
   if pooling == "mean_no_special":
     lines += ["> **Pooling caveat.** sentence-transformers has no pooling mode that leaves out [CLS] and [SEP]. "
               "`1_Pooling/config.json` therefore says plain `mean`: `SentenceTransformer(...).encode` includes "
               "those two tokens and gives embeddings that differ slightly from the trained ones. For the exact "
-              "embeddings use `physbert_jax.encode` (it reads `physbert_jax.json`) or the transformers snippet "
+              "embeddings use `physbert_jax.encode` (it reads `encoder.json`) or the transformers snippet "
               "below.", ""]
   pool_code = ("emb = out.last_hidden_state[:, 0]" if pooling == "cls" else
                "mask = batch['attention_mask'].clone()\n"
@@ -57,7 +58,7 @@ def model_card(w: Weights, pooling: str, name: str, workdir: str | None) -> str:
       "import torch", "from transformers import AutoModel, AutoTokenizer",
       f"tok, model = AutoTokenizer.from_pretrained('path/to/{name}'), AutoModel.from_pretrained('path/to/{name}')",
       f"batch = tok(['Superconductivity in twisted bilayer graphene.'], padding=True, truncation=True, "
-      f"max_length={w.max_length}, return_tensors='pt')",
+      f"max_length={settings.max_length}, return_tensors='pt')",
       "with torch.no_grad():", "  out = model(**batch)", *pool_code.split("\n"), "```", "",
       "The `pooler` weights of `BertModel` are not part of this model (transformers initialises them randomly); "
       "use the pooling above.", "",

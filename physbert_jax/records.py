@@ -1,4 +1,5 @@
-"""The on-disk formats of training shards. Writers (data_prep) and readers (input_pipeline) both use this module.
+"""The on-disk formats of training shards. Writers (data_prep) and readers (input_pipeline) both use this module;
+also the strict JSON-lines reader of inputs whose every line counts (encode, the evaluation sets).
 
 ## MLM shards (format "physbert-mlm-v1")
 
@@ -35,8 +36,11 @@ tokenized in the Grain workers, so one pair set serves any tokenizer and max len
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
+from typing import Iterator
 
 import numpy as np
 
@@ -154,3 +158,29 @@ def special_ids(tokenizer_json: str, tok=None, optional: tuple[str, ...] = ()) -
     raise ValueError(f"{tokenizer_json} lacks the special tokens {missing}: a BERT WordPiece tokenizer is expected "
                      "(train one with data_prep.train_tokenizer)")
   return ids
+
+
+def strict_lines(path: str, error: type[Exception] = ValueError, fix: str = "recompress the file",
+                 json_rows: bool = True) -> Iterator[tuple[int, object]]:
+  """(line number, row) of a plain or gzip JSON-lines file in which every line counts (an embedding's row, an
+  evaluation set's row), blank lines passed over: a line that is not UTF-8 or not JSON, or a truncated gzip,
+  raises `error` naming the file and line, never a silent skip. json_rows=False yields each line's text."""
+  opener = gzip.open if path.endswith(".gz") else open
+  n = 0
+  try:
+    with opener(path, "rb") as f:
+      for n, raw in enumerate(f, 1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise error(f"{path}:{n}: not UTF-8 (byte {e.start} of the line); re-encode the file as UTF-8") from None
+        if not json_rows:
+          yield n, line.rstrip("\n").rstrip("\r")
+        elif line.strip():
+          try:
+            row = json.loads(line)
+          except json.JSONDecodeError as e:
+            raise error(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+          yield n, row
+  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    raise error(f"{path}: truncated or corrupt gzip after line {n} ({e}); {fix}") from None

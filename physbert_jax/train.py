@@ -21,9 +21,11 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from physbert_jax import (checkpointing, grid, metrics as metrics_lib, multihost, optimizer, outputs, sharding,
-                          stages, steps)
+from physbert_jax import (checkpointing, contrastive, grid, metrics as metrics_lib, mlm, multihost, optimizer, outputs,
+                          sharding, steps)
 from physbert_jax.model import Bert, BertConfig, count_params
+
+OBJECTIVES = {"mlm": mlm.objective, "contrastive": contrastive.objective}   # config.objective -> steps.Objective
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/<experiment>.py:<variant>", lock_config=True)
@@ -89,21 +91,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sharding.check_batch_divides(config.data.global_batch_size, mesh, config.optimizer.grad_accum_steps)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    # ---- Input and model: what the stage (mlm | contrastive) needs ---------------------------------------
+    # ---- Input and model: what the objective (mlm | contrastive) needs -----------------------------------
     model = Bert(BertConfig(**config.model))
-    stage = stages.build(config, model, mesh, workdir)
-    stages.check_tokenizer_fits(model.cfg, stage.tokenizer_dir)
-    multihost.once("tokenizer", lambda: copy_tokenizer(stage.tokenizer_dir, workdir))
-    if stage.encoder_settings:
-      multihost.once("encoder.json", lambda: outputs.write_json(os.path.join(workdir, "encoder.json"),
-                                                                stage.encoder_settings, sort_keys=True))
-    total_steps = stage.total_steps
+    if config.objective not in OBJECTIVES:
+      raise ValueError(f"config.objective={config.objective!r}: use {' or '.join(OBJECTIVES)}")
+    objective = OBJECTIVES[config.objective](config, model, mesh, workdir)
+    check_tokenizer_fits(model.cfg, objective.tokenizer_dir)
+    multihost.once("tokenizer", lambda: copy_tokenizer(objective.tokenizer_dir, workdir))
+    multihost.once("encoder.json", lambda: objective.encoder.write(workdir))
+    total_steps = steps.total_steps(config, objective.steps_per_epoch)
     tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
-    state_sharding, abstract_state, init_state, new_state = steps.sharded_state_fns(stage.init_params, tx, mesh,
+    state_sharding, abstract_state, init_state, new_state = steps.sharded_state_fns(objective.init_params, tx, mesh,
                                                                                      rules)
 
     # ---- Restore: own checkpoint -> init_from -> scratch ----------------------------------------------------
-    manager = checkpointing.make_manager(workdir, config.checkpoint, best_metric=stage.best_metric)
+    manager = checkpointing.make_manager(workdir, config.checkpoint, best_metric=objective.best_metric)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     state, start = checkpointing.restore_latest_intact(manager, abstract_state, log)
     if start is not None and start >= total_steps:     # a rerun of a finished run: nothing to train or rewrite
@@ -119,11 +121,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
       state, start = init_state(init_rng), 0
     log(f"model: {count_params(state.params) / 1e6:.1f}M parameters; mesh {dict(mesh.shape)}; {total_steps} steps; "
-        f"{stage.describe}")
+        f"{objective.describe}")
 
     # ---- Step --------------------------------------------------------------------------------------------
     replicated = sharding.replicated(mesh)
-    train_step = jax.jit(stage.make_step(tx, schedule),
+    train_step = jax.jit(objective.make_step(tx, schedule),
                          in_shardings=(state_sharding, sharding.batch_sharding(mesh), replicated),
                          out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
@@ -131,16 +133,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
     progress = metrics_lib.ProgressLine(total_steps, start)
     peak = metrics_lib.peak_flops(jax.devices()[0], config.peak_flops_per_device)
-    eval_every = _eval_every(config, stage)
+    eval_every = _eval_every(config, objective.steps_per_epoch)
     stop_signal = multihost.StopSignal(mesh)
     pending: list[tuple[int, dict]] = []
     last = {}
     t_last, steps_timed, cost = None, 0, np.zeros(2)
     shapes_seen = set()
     step, stop = start, False
-    data_iter = stage.batches(start)          # batch s is a function of (seed, s): a resume reads on from here
+    data_iter = objective.batches(start)          # batch s is a function of (seed, s): a resume reads on from here
     while step < total_steps:
-      local = stage.prepare_batch(next(data_iter))
+      local = next(data_iter)
       shape = tuple(sorted((k, v.shape) for k, v in local.items()))
       if shape not in shapes_seen:           # length-bucketed pair batches: one compilation per new shape
         if shapes_seen:
@@ -156,11 +158,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         t_last, steps_timed, cost = time.time(), 0, np.zeros(2)
       else:
         steps_timed += 1
-        cost += stage.batch_cost(local)
+        cost += objective.batch_cost(local)
       stop = stop_signal()                  # every process stops after the same step
-      evaluate_now = stage.evaluate is not None and (step % eval_every == 0 or step == total_steps)
+      evaluate_now = objective.evaluate is not None and (step % eval_every == 0 or step == total_steps)
       save_now = step % config.checkpoint.every_steps == 0 or step == total_steps or stop or (
-          evaluate_now and stage.best_metric is not None)   # a candidate for "best" must exist on disk
+          evaluate_now and objective.best_metric is not None)   # a candidate for "best" must exist on disk
       if pending and (step % config.log_every == 0 or save_now):
         jax.block_until_ready(step_metrics)
         elapsed = time.time() - t_last
@@ -174,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         t_last, steps_timed, cost = time.time(), 0, np.zeros(2)
       eval_metrics = None
       if evaluate_now:
-        eval_metrics = stage.evaluate(state.params, step)
+        eval_metrics = objective.evaluate(state.params, step)
         writer.write(step, eval_metrics)
         progress(step, {**last, **eval_metrics})
         last.update(eval_metrics)
@@ -182,8 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         manager.wait_until_finished()            # the previous async save's bytes are on disk: measure what is free
         checkpointing.check_space(workdir, state, step)
         checkpointing.save(manager, step, state, force=stop, metrics=eval_metrics)
-        if eval_metrics and stage.best_metric:
-          checkpointing.record_best(workdir, step, eval_metrics, stage.best_metric)
+        if eval_metrics and objective.best_metric:
+          checkpointing.record_best(workdir, step, eval_metrics, objective.best_metric)
       if stop:
         log(f"SIGTERM: saved checkpoint {step}, exiting")
         break
@@ -206,12 +208,20 @@ def _read_summary(workdir: str) -> dict | None:
     return json.load(f)
 
 
-def _eval_every(config, stage) -> int:
+def _eval_every(config, steps_per_epoch: int) -> int:
   """config.eval_every steps, or (when config.evals_per_epoch > 0) that many evaluations per epoch (paper: 3)."""
   per_epoch = config.get("evals_per_epoch", 0)
   if per_epoch:
-    return max(stage.steps_per_epoch // per_epoch, 1)
+    return max(steps_per_epoch // per_epoch, 1)
   return config.eval_every
+
+
+def check_tokenizer_fits(model_cfg: BertConfig, tokenizer_dir: str) -> None:
+  from tokenizers import Tokenizer
+  path = os.path.join(tokenizer_dir, "tokenizer.json")
+  size = Tokenizer.from_file(path).get_vocab_size()
+  if size > model_cfg.vocab_size:
+    raise ValueError(f"{path} has {size} tokens, config.model.vocab_size is {model_cfg.vocab_size}")
 
 
 def copy_tokenizer(tokenizer_dir: str, workdir: str) -> None:

@@ -6,6 +6,7 @@ a TrainState checkpoint with the MLM head and an optimizer state.
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -52,7 +53,7 @@ def test_export_folder_is_complete(exported):
   names = set(os.listdir(exported))
   assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
           "special_tokens_map.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-          "README.md", "1_Pooling"} <= names
+          "README.md", "1_Pooling", "encoder.json"} <= names
   from safetensors import safe_open
   with safe_open(os.path.join(exported, "model.safetensors"), framework="np") as f:
     assert f.metadata() == {"format": "pt"}
@@ -70,6 +71,21 @@ def test_export_folder_is_complete(exported):
   card = open(os.path.join(exported, "README.md")).read()
   assert "library_name: sentence-transformers" in card and '"variant": "tiny"' in card
   assert "End of training (summary.json)" in card
+
+
+def test_one_encoder_record_written_by_train_and_export(tiny_run, exported, tmp_path):
+  """encoder.json says how the run encodes; the export carries the same record; a workdir without one is refused
+  with the fix, not read with guessed settings."""
+  record = {"pooling": "mean", "max_length": 128, "normalize": False, "lowercase": False}
+  for folder in (tiny_run, exported):
+    with open(os.path.join(folder, "encoder.json")) as f:
+      assert json.load(f) == record
+  assert convert.load(tiny_run).encoder == convert.EncoderSettings(**record)
+  old = tmp_path / "old-run"
+  shutil.copytree(tiny_run, old)
+  os.remove(old / "encoder.json")
+  with pytest.raises(FileNotFoundError, match="encoder.json is missing .*rerun the run's train command"):
+    convert.load(str(old))
 
 
 def test_transformers_models_match_ours(tiny_run, exported):
@@ -116,7 +132,9 @@ def test_from_hf_of_to_hf_is_exact(tiny_run, exported, tmp_path):
     np.testing.assert_array_equal(back[k], original[k], err_msg="/".join(k))
   with open(os.path.join(out, "config.json")) as f:
     config = json.load(f)
-  assert config["pooling"] == "mean" and config["model"]["hidden_size"] == 128
+  assert config["model"]["hidden_size"] == 128 and "pooling" not in config    # how it encodes: encoder.json alone
+  with open(os.path.join(out, "encoder.json")) as f:
+    assert json.load(f) == {"pooling": "mean", "max_length": 128, "normalize": False, "lowercase": False}
   # The import tells the truth: no training settings; its re-export's model card says where it came from.
   assert config["variant"] == "imported" and config["imported_from"] == os.path.abspath(exported)
   assert "optimizer" not in config and "data" not in config
@@ -138,7 +156,7 @@ def test_mean_without_special_tokens_is_stated(tiny_run, tmp_path):
     convert.write_hf_folder(w, out, pooling="mean_no_special", workdir=tiny_run)
   assert "Pooling caveat" in open(os.path.join(out, "README.md")).read()
   enc = Encoder.load(out)
-  assert enc.pooling == "mean_no_special"             # read back from physbert_jax.json
+  assert enc.pooling == "mean_no_special"             # read back from encoder.json
   ours = enc.encode(TEXTS[:3], show_progress=False)
   st = sentence_transformers.SentenceTransformer(out, device="cpu").encode(TEXTS[:3])
   assert np.abs(ours - st).max() > 1e-3               # ST really pools [CLS]/[SEP] too: the caveat is real

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from physbert_jax import convert
-from physbert_jax.encode import Encoder, bucket_length, main
+from physbert_jax.encode import BUCKETS, Encoder, main
+from physbert_jax.pair_pipeline import bucket_for, bucket_lengths
 from clitools import DATA, needs_data
 
 ARXIV = os.path.join(DATA, "arxiv", "metadata-sample.jsonl.gz")
@@ -82,6 +83,7 @@ def test_batching_does_not_change_embeddings(encoder):
 
 
 def test_bucket_lengths():
+  bucket_length = lambda n, max_length: bucket_for(n, bucket_lengths(max_length, BUCKETS))   # what encode pads to
   assert [bucket_length(n, 256) for n in (1, 16, 17, 250, 256)] == [16, 16, 32, 256, 256]
   assert [bucket_length(n, 512) for n in (257, 500)] == [288, 512]
   assert bucket_length(100, 100) == 100      # a max length that is not a bucket is its own

@@ -1,5 +1,5 @@
-"""Reference tests: eval/metrics.py on fixed embeddings against sentence-transformers, sklearn, pytrec_eval and
-direct loops, to 1e-6."""
+"""Reference tests: physbert_jax/evaluation/scores.py on fixed embeddings against sentence-transformers, sklearn,
+pytrec_eval and direct loops, to 1e-6."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import average_precision_score, v_measure_score
 from sklearn.model_selection import StratifiedKFold
 
-from eval import metrics
+from physbert_jax.evaluation import scores as metrics
 
 
 def _clustered(n_per_class=60, classes=5, dim=16, seed=0):

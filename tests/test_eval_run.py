@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from eval import run, sets, tasks
+from eval import run
+from physbert_jax.evaluation import sets, tasks
 
 
 class BagOfWords:
@@ -161,7 +162,7 @@ def test_model_spec_and_chance_row():
 def test_clustering_split_by_trained_classes_and_knn(sets_dir, tmp_path):
   """With the classes the pairs teach, clustering is also scored on those and on the others apart (each equal to
   v_measure_folds on that subset), and 10-NN accuracy per class is reported; the report table shows them."""
-  from eval import metrics
+  from physbert_jax.evaluation import scores as metrics
   enc = BagOfWords()
   ctx = tasks.Context(str(sets_dir), str(tmp_path / "cache"), seed=0, trained_classes=frozenset({"hep", "astro-ph",
                                                                                                  "gr-qc"}))

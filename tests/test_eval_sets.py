@@ -9,7 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from eval import build_sets, citations, sets
+from data_prep.pairs import writer
+from eval import build_sets, citations
+from physbert_jax.evaluation import sets
 from clitools import DATA, needs_data
 
 METADATA = os.path.join(DATA, "arxiv", "metadata-sample.jsonl.gz")
@@ -57,7 +59,9 @@ def test_ids_cover_every_eval_set_and_training_pairs_are_disjoint(built):
   train_ids = set()
   for d in sets.SUBDOMAINS:
     eval_ids |= _ids(os.path.join(out, sets.subdomain_file(d)), "labelled")
-    train_ids |= _ids(os.path.join(out, sets.TRAIN_DIR, sets.subdomain_file(d)), "train_pairs")
+    pairs = list(writer.read_pairs(os.path.join(out, sets.TRAIN_DIR, sets.subdomain_pairs(d))))
+    assert all(p["anchor_id"] == p["positive_id"] and p["source"] == f"subdomain-{d}" for p in pairs)
+    train_ids |= {p["anchor_id"] for p in pairs}
   assert _lines(os.path.join(out, sets.IDS)) == eval_ids
   assert _lines(os.path.join(out, sets.TRAIN_DIR, sets.IDS)) == train_ids
   assert train_ids and not train_ids & eval_ids

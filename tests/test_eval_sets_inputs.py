@@ -6,7 +6,8 @@ import gzip
 import json
 import os
 
-from eval import build_sets, sets
+from eval import build_sets
+from physbert_jax.evaluation import sets
 
 
 def _ids(path, schema, keys=("id",)):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from physbert_jax import masking, objectives
+from physbert_jax import masking, mlm
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 VOCAB = 1000
@@ -73,7 +73,7 @@ def test_mlm_loss_equals_pytorch_cross_entropy():
   logits = rng.normal(size=(4, 7, 50)).astype(np.float32) * 3
   labels = rng.integers(0, 50, (4, 7))
   weights = (rng.random((4, 7)) < 0.7).astype(np.float32)
-  sums = objectives.mlm_loss_sums(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights))
+  sums = mlm.mlm_loss_sums(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights))
   # Reference: PyTorch's cross entropy with ignore_index on the unused slots, as HF BertForMaskedLM computes it.
   t_labels = torch.tensor(np.where(weights > 0, labels, -100))
   ref = torch.nn.functional.cross_entropy(torch.tensor(logits).view(-1, 50), t_labels.view(-1), ignore_index=-100)

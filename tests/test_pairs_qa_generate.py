@@ -8,6 +8,7 @@ import collections
 import gzip
 import http.server
 import importlib.util
+import inspect
 import itertools
 import json
 import math
@@ -59,6 +60,7 @@ class FakeOpenAI(http.server.ThreadingHTTPServer):
   def __init__(self):
     super().__init__(("127.0.0.1", 0), OpenAIHandler)
     self.bodies, self.lock, self.throttle_first = [], threading.Lock(), False
+    self.failures = []   # answered first, one a request: an HTTP status (with Retry-After: 7), or "drop"
 
   @property
   def url(self) -> str:
@@ -69,9 +71,11 @@ class OpenAIHandler(http.server.BaseHTTPRequestHandler):
   def log_message(self, *args):
     pass
 
-  def _send(self, status, body):
+  def _send(self, status, body, headers=()):
     data = json.dumps(body).encode()
     self.send_response(status)
+    for k, v in headers:
+      self.send_header(k, v)
     self.send_header("Content-Type", "application/json")
     self.send_header("Content-Length", str(len(data)))
     self.end_headers()
@@ -88,6 +92,12 @@ class OpenAIHandler(http.server.BaseHTTPRequestHandler):
       if self.server.throttle_first:
         self.server.throttle_first = False
         return self._send(429, {"error": {"message": "rate limited"}})
+      failure = self.server.failures.pop(0) if self.server.failures else None
+      if failure == "drop":
+        self.close_connection = True   # no answer at all: the client sees RemoteDisconnected
+        return
+      if failure:
+        return self._send(failure, {"error": {"message": "busy"}}, [("Retry-After", "7")])
       self.server.bodies.append(body)
     if self.path != "/v1/chat/completions":
       return self._send(404, {"error": "not found"})
@@ -157,6 +167,19 @@ def test_endpoint_engine_retries_429_and_normalises_the_url(endpoint):
   chunk = "The sample was cooled to 4 K. A transition was seen."
   replies = engine.generate([qa_text.conversation(chunk)] * 3, [0, 1, 2])
   assert replies == [fake_reply(chunk, s) for s in (0, 1, 2)] and len(endpoint.bodies) == 3
+
+
+def test_endpoint_retries_a_dropped_connection_waits_retry_after_and_fails_naming_the_url(endpoint):
+  waits = []
+  engine = llm.OpenAIEndpointEngine(endpoint.url, "m", llm.Sampling(), max_retries=2, sleep=waits.append)
+  chunk = "The sample was cooled to 4 K. A transition was seen."
+  endpoint.failures = ["drop", 503]
+  assert engine.generate([qa_text.conversation(chunk)], [3]) == [fake_reply(chunk, 3)]
+  assert len(waits) == 2 and 1.0 <= waits[0] <= 3.0 and waits[1] == 7.0   # jittered 2 s backoff, then Retry-After
+  endpoint.failures = [502, 503, "drop"]
+  with pytest.raises(RuntimeError, match=rf"POST {endpoint.url}/v1/chat/completions: still failing after 2 "
+                                         r"retries \(last: RemoteDisconnected"):
+    engine.generate([qa_text.conversation(chunk)], [3])
 
 
 class FlakyEngine:
@@ -264,21 +287,71 @@ def test_transformers_engine_through_the_command(corpus, tiny_lm, tmp_path, caps
   assert report["counts"]["chunks"] == 3 and report["counts"]["replies_generated"] == 3
 
 
+# vLLM's real signatures, copied from vllm 0.33.0 (the PyPI wheel, git 4ba787ec9): LLM.__init__ and LLM.chat from
+# vllm/entrypoints/llm.py, SamplingParams' public fields from vllm/sampling_params.py (a msgspec.Struct, so its
+# __init__ takes its fields), and a few EngineArgs fields from vllm/engine/arg_utils.py (a dataclass: LLM passes its
+# **kwargs on to it, so an unknown one is a TypeError there). Names, order, kinds and defaults as there (but
+# output_kind's, an enum there); no types.
+def vllm_llm_init(self, model, *, runner="auto", convert="auto", tokenizer=None, tokenizer_mode="auto",
+                  skip_tokenizer_init=False, trust_remote_code=False, allowed_local_media_path="",
+                  allowed_media_domains=None, tensor_parallel_size=1, dtype="auto", quantization=None, revision=None,
+                  tokenizer_revision=None, chat_template=None, seed=0, gpu_memory_utilization=0.92, cpu_offload_gb=0,
+                  offload_group_size=0, offload_num_in_group=1, offload_prefetch_step=1, offload_params=None,
+                  enforce_eager=False, enable_return_routed_experts=False, return_sampling_mask=False,
+                  disable_custom_all_reduce=False, hf_token=None, hf_overrides=None, mm_processor_kwargs=None,
+                  pooler_config=None, structured_outputs_config=None, profiler_config=None, attention_config=None,
+                  kv_cache_memory_bytes=None, compilation_config=None, quantization_config=None,
+                  logits_processors=None, spec_method=None, spec_model=None, spec_tokens=None, **kwargs): ...
+
+
+def vllm_llm_chat(self, messages, sampling_params=None, use_tqdm=True, lora_request=None, priority=None,
+                  chat_template=None, chat_template_content_format="auto", add_generation_prompt=True,
+                  continue_final_message=False, tools=None, chat_template_kwargs=None, tokenization_kwargs=None,
+                  mm_processor_kwargs=None): ...
+
+
+def vllm_sampling_params(n=1, presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0, temperature=1.0,
+                         watermarking=None, top_p=1.0, top_k=0, min_p=0.0, seed=None, stop=None, stop_token_ids=None,
+                         ignore_eos=False, max_tokens=16, min_tokens=0, logprobs=None, prompt_logprobs=None,
+                         prompt_logprob_token_ids=None, prompt_logprob_start=None, logprob_token_ids=None,
+                         flat_logprobs=False, detokenize=True, skip_special_tokens=True,
+                         spaces_between_special_tokens=True, include_stop_str_in_output=False, output_kind=None,
+                         stream_interval=None, skip_clone=False, output_text_buffer_length=0, structured_outputs=None,
+                         logit_bias=None, allowed_token_ids=None, extra_args=None, bad_words=None,
+                         skip_reading_prefix_cache=None, thinking_token_budget=None, repetition_detection=None,
+                         routed_experts_prompt_start=0, trace_decode_token_ids=None): ...
+
+
+# Some of EngineArgs' ~260 fields: the engine's, and a few it may want. Add real ones here when it passes more.
+VLLM_ENGINE_ARGS = {"max_model_len", "max_num_seqs", "enable_prefix_caching", "disable_log_stats", "download_dir"}
+
+
+def bind(real, *args, **kwargs) -> dict:
+  """The arguments as the real function would receive them, defaults filled in; a TypeError where it would raise."""
+  bound = inspect.signature(real).bind(*args, **kwargs)
+  bound.apply_defaults()
+  return bound.arguments
+
+
 def test_vllm_engine_calls_offline_vllm_as_documented(monkeypatch):
   calls = {}
 
   class LLM:
-    def __init__(self, **kw):
-      calls["init"] = kw
+    def __init__(self, *args, **kwargs):
+      calls["init"] = bind(vllm_llm_init, self, *args, **kwargs)
+      unknown = set(calls["init"]["kwargs"]) - VLLM_ENGINE_ARGS
+      if unknown:
+        raise TypeError(f"EngineArgs.__init__() got unexpected keyword arguments {sorted(unknown)}")
 
-    def chat(self, messages, sampling_params=None, use_tqdm=True):
-      calls["chat"] = (messages, sampling_params, use_tqdm)
+    def chat(self, *args, **kwargs):
+      a = bind(vllm_llm_chat, self, *args, **kwargs)
+      calls["chat"] = (a["messages"], a["sampling_params"], a["use_tqdm"])
       out = lambda text: types.SimpleNamespace(outputs=[types.SimpleNamespace(text=text)])
-      return [out(f"reply {p.seed}") for p in sampling_params]
+      return [out(f"reply {p.seed}") for p in a["sampling_params"]]
 
   class SamplingParams:
-    def __init__(self, **kw):
-      self.__dict__.update(kw)
+    def __init__(self, *args, **kwargs):
+      self.__dict__.update(bind(vllm_sampling_params, *args, **kwargs))
 
   monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
   monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
@@ -290,6 +363,11 @@ def test_vllm_engine_calls_offline_vllm_as_documented(monkeypatch):
   messages, params, _ = calls["chat"]
   assert messages == convs and [(p.temperature, p.top_p, p.max_tokens, p.seed) for p in params] == [
       (0.5, 0.8, 300, 11), (0.5, 0.8, 300, 12)]
+  assert calls["init"]["kwargs"] == {"max_model_len": 4096} and calls["chat"][2] is False
+  with pytest.raises(TypeError):   # the stand-in refuses what vLLM refuses: the engine's calls above were real ones
+    SamplingParams(max_new_tokens=300)
+  with pytest.raises(TypeError):
+    engine.llm.chat(convs, params, progress=False)
   monkeypatch.setitem(sys.modules, "vllm", None)   # not installed: a clear message
   with pytest.raises(SystemExit, match="openai-endpoint"):
     llm.make_engine("vllm", "m", llm.Sampling())

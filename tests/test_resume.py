@@ -179,6 +179,6 @@ def test_contrastive_kill_and_resume_equals_straight_run(tmp_path):
   assert any("examples_per_s" in r and r["tokens_per_s"] > 0 for r in rows)
   # The workdir declares how it was trained and validated: exports and eval.run encode the same way.
   assert json.loads((tmp_path / "straight" / "encoder.json").read_text()) == {
-      "max_length": 64, "normalize": False, "lowercase": False}
+      "pooling": "mean", "max_length": 64, "normalize": False, "lowercase": False}
   from physbert_jax import convert
-  assert convert.load(str(tmp_path / "straight")).max_length == 64
+  assert convert.load(str(tmp_path / "straight")).encoder.max_length == 64

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import mlm as mlm_config
-from physbert_jax import optimizer, sharding, steps
+from physbert_jax import mlm, optimizer, sharding, steps
 from physbert_jax.masking import max_predictions
 from physbert_jax.model import Bert, BertConfig
 
@@ -45,7 +45,7 @@ def _run(c, devices, num_steps=2):
       return model.init({"params": rng}, d, d + 1, masked_positions=jnp.zeros((1, max_predictions(32, 0.15)),
                                                                               jnp.int32))["params"]
     state_sh, _, init_state, _ = steps.sharded_state_fns(init_params, tx, mesh, rules)
-    step = jax.jit(steps.make_mlm_step(model, tx, schedule, mlm=c.mlm, special_ids=SPECIAL, vocab_size=256,
+    step = jax.jit(mlm.make_mlm_step(model, tx, schedule, mlm=c.mlm, special_ids=SPECIAL, vocab_size=256,
                                        grad_accum_steps=c.optimizer.grad_accum_steps),
                    in_shardings=(state_sh, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))

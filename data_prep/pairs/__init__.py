@@ -20,5 +20,6 @@ appear in any pair, on either side.
 Modules: papers.py (metadata and exclusion lists), writer.py (shards, manifest, report), category.py,
 citation.py (Paperscape and S2 bulk sources, the builder), s2_client.py (Semantic Scholar Graph API),
 qa_text.py (chunks, prompt, parsing, filters), llm.py (vLLM / OpenAI endpoint / transformers engines),
+http_retry.py (the HTTP retry loop both remote clients use),
 synthetic_qa.py (the sharded, resumable generation driver).
 """

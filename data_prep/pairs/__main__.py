@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
   c.add_argument("--min-class-papers", type=int, default=None,
                  help="classes with fewer papers are not used (default: the paper's 5000 on ~1.2M papers, scaled "
                       "to the corpus read: 487 on the 116,738-paper sample; 5000 gives the paper's 21 classes)")
-  c.add_argument("--min-abstract-chars", type=int, default=category.MIN_ABSTRACT_CHARS)
+  c.add_argument("--min-abstract-chars", type=int, default=papers.MIN_ABSTRACT_CHARS)
   c.set_defaults(run=cmd_category)
 
   c = sub.add_parser("title-abstract", help="(title, its abstract) pairs: query -> passage without an LLM")

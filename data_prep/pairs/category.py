@@ -37,9 +37,6 @@ from data_prep.pairs import papers, writer
 KIND = "category"
 STAGE = "pairs category"   # the output marker (physbert_jax.outputs)
 NUM_PAIRS = 2_000_000          # paper: 2M category pairs
-MIN_ABSTRACT_CHARS = 100       # shorter "abstracts" are placeholders ("See the paper.", "Erratum.")
-_WITHDRAWN = ("this paper has been withdrawn", "this article has been withdrawn", "withdrawn by the author",
-              "this submission has been withdrawn", "paper withdrawn")
 
 
 def quotas(classes: list[str], num_pairs: int) -> dict[str, int]:
@@ -77,17 +74,8 @@ def sample_pairs(n: int, quota: int, rng: random.Random) -> list[tuple[int, int]
   return out
 
 
-def usable(paper: papers.Paper, min_chars: int) -> str | None:
-  """Why an abstract cannot be a training text, or None."""
-  if len(paper.abstract) < min_chars:
-    return "abstract too short"
-  if any(w in paper.abstract[:300].lower() for w in _WITHDRAWN):
-    return "withdrawn"
-  return None
-
-
 def build(meta: Iterable[str], out_dir: str, exclude: Iterable[str] = (), num_pairs: int | None = None,
-          min_class_papers: int | None = None, min_abstract_chars: int = MIN_ABSTRACT_CHARS,
+          min_class_papers: int | None = None, min_abstract_chars: int = papers.MIN_ABSTRACT_CHARS,
           seed: int = 0, num_shards: int = 8, settings: dict | None = None, quiet: bool = False,
           overwrite: bool = False) -> dict:
   start = time.time()
@@ -106,7 +94,7 @@ def build(meta: Iterable[str], out_dir: str, exclude: Iterable[str] = (), num_pa
     if p.id in excluded:
       counts["excluded"] += 1
       continue
-    why = usable(p, min_abstract_chars)
+    why = papers.unusable(p.abstract, min_abstract_chars)
     if why:
       skipped.add("meta", None, why, doc_id=p.id)
       continue

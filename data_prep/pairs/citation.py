@@ -85,7 +85,8 @@ class PaperscapeSource:
       raise FileNotFoundError(f"--source paperscape {' '.join(paths)}: no pscp-*.csv files there")
     self.row_titles: dict[str, str] = {}
 
-  def _rows(self, skipped: Skipped) -> Iterator[tuple[str, str, str]]:
+  def rows(self, skipped: Skipped) -> Iterator[tuple[str, str, str]]:
+    """(arXiv id, its refs as Paperscape writes them, title) per row; malformed rows go to `skipped`."""
     for path in self.files:
       name = os.path.basename(path)
       with open(path, encoding="utf-8", errors="replace") as f:
@@ -101,8 +102,8 @@ class PaperscapeSource:
   def edges(self, skipped: Skipped) -> Iterator[Edge]:
     # Two reads: a paper cites papers of later rows and files, so every title is collected first (~1.3M titles,
     # ~150 MB for all of Paperscape), then edges come out with both titles.
-    self.row_titles = {aid: title for aid, _, title in self._rows(Skipped()) if title}
-    for aid, refs, title in self._rows(skipped):
+    self.row_titles = {aid: title for aid, _, title in self.rows(Skipped()) if title}
+    for aid, refs, title in self.rows(skipped):
       physics = _archive_is_physics(aid)
       for ref in refs.split(","):
         if ref.strip():

@@ -20,13 +20,11 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import importlib.util
-import json
 import os
-import random
 import time
-import urllib.error
-import urllib.request
 from typing import Callable, Protocol
+
+from data_prep.pairs import http_retry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +73,7 @@ class VLLMEngine:
 
 
 class OpenAIEndpointEngine:
-  """POSTs to {url}/v1/chat/completions; retries 429/5xx and dropped connections with backoff."""
+  """POSTs to {url}/v1/chat/completions; retries 429/5xx and dropped connections (http_retry.py)."""
 
   def __init__(self, url: str, model: str | None, sampling: Sampling, concurrency: int = 64,
                api_key: str | None = None, timeout_s: float = 600.0, max_retries: int = 6,
@@ -84,37 +82,19 @@ class OpenAIEndpointEngine:
     for suffix in ("/chat/completions", "/v1"):
       url = url[:-len(suffix)] if url.endswith(suffix) else url
     self.base = url + "/v1"
-    self.sampling, self.concurrency, self.timeout_s = sampling, concurrency, timeout_s
-    self.max_retries, self.sleep = max_retries, sleep
+    self.sampling, self.concurrency = sampling, concurrency
     key = api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("VLLM_API_KEY")
-    self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    self.http = http_retry.JsonClient({"Authorization": f"Bearer {key}"} if key else {}, RuntimeError,
+                                      "check OPENAI_API_KEY or VLLM_API_KEY", max_retries=max_retries,
+                                      max_backoff_s=60.0, timeout_s=timeout_s, sleep=sleep)
     # `vllm serve` serves one model; asking for its name saves repeating it on the command line.
-    self.model = model or self._call("GET", "/models", None)["data"][0]["id"]
-
-  def _call(self, method: str, path: str, body: dict | None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    for attempt in range(self.max_retries + 1):
-      try:
-        req = urllib.request.Request(self.base + path, data, self.headers, method=method)
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-          return json.loads(r.read().decode("utf-8"))
-      except urllib.error.HTTPError as e:
-        if e.code != 429 and e.code < 500:
-          raise RuntimeError(f"{method} {self.base + path}: HTTP {e.code}: "
-                             f"{e.read().decode('utf-8', 'replace')[:300]}") from None
-        why = f"HTTP {e.code}"
-      except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        why = str(e)
-      if attempt == self.max_retries:
-        raise RuntimeError(f"{method} {self.base + path}: still failing after {self.max_retries} retries ({why})")
-      self.sleep(min(60.0, 2.0 ** attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+    self.model = model or self.http.request("GET", self.base + "/models")["data"][0]["id"]
 
   def _one(self, conversation: list[dict], seed: int) -> str:
     s = self.sampling
     body = {"model": self.model, "messages": conversation, "temperature": s.temperature, "top_p": s.top_p,
             "max_tokens": s.max_new_tokens, "seed": seed}
-    reply = self._call("POST", "/chat/completions", body)
+    reply = self.http.request("POST", self.base + "/chat/completions", body)
     return reply["choices"][0]["message"].get("content") or ""
 
   def generate(self, conversations: list[list[dict]], seeds: list[int]) -> list[str]:

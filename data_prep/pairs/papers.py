@@ -30,6 +30,21 @@ class Paper:
   klass: str | None     # PhysBERT's merged class; None for a non-physics primary
 
 
+MIN_ABSTRACT_CHARS = 100       # shorter "abstracts" are placeholders ("See the paper.", "Erratum.")
+_WITHDRAWN = ("this paper has been withdrawn", "this article has been withdrawn", "withdrawn by the author",
+              "this submission has been withdrawn", "paper withdrawn")
+
+
+def unusable(abstract: str, min_chars: int = MIN_ABSTRACT_CHARS) -> str | None:
+  """Why an abstract cannot be a text of a pair or an evaluation set, or None: the one rule data_prep and eval
+  share, so the benchmark draws from the papers training can see."""
+  if len(abstract) < min_chars:
+    return "abstract too short"
+  if any(w in abstract[:300].lower() for w in _WITHDRAWN):
+    return "withdrawn"
+  return None
+
+
 def clean(text: str) -> str:
   """Whitespace collapsed: the snapshot wraps titles and abstracts at ~80 columns, which is not structure."""
   return " ".join(text.split())

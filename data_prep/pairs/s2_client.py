@@ -10,9 +10,8 @@ Endpoints (https://api.semanticscholar.org/graph/v1):
                                           -> {"offset", "next" (absent on the last page), "data": [{"citedPaper":
                                           {"paperId", "title", "externalIds": {"ArXiv": ...}}}]}
 
-Retries: 429 and 5xx (and dropped connections) are retried up to `max_retries` times, waiting Retry-After when the
-server sends one, else an exponential backoff with jitter. Requests are also spaced `min_interval_s` apart (S2's
-keyed limit is 1 request/s to start with).
+Retries (http_retry.py): 429, 5xx and dropped connections, up to `max_retries` times, after Retry-After or a jittered
+exponential backoff. Requests are also spaced `min_interval_s` apart (S2's keyed limit is 1 request/s to start with).
 Cache and resume: every answer (per id for the batch endpoint, per paper for references, 404s included) goes to a
 SQLite file, committed as it arrives; a killed run rerun with the same cache asks S2 only for what it lacks.
 Cost at the paper's size (an estimate: ~17 usable references a paper, not measured): 1M pairs need ~60k citing
@@ -21,27 +20,22 @@ papers: ~120 batch calls and ~60k reference calls, ~17 h at 1 request/s.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import os
-import random
 import sqlite3
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Callable, Iterable, Iterator
 
 from data_prep import stage
 from data_prep.corpus_io import Skipped
-from data_prep.pairs import papers
+from data_prep.pairs import http_retry, papers
 from data_prep.pairs.citation import Edge
 
 BASE_URL = "https://api.semanticscholar.org/graph/v1"
 BATCH_MAX = 500                 # the batch endpoint's limit on ids per request
 PAGE_SIZE = 1000                # the references endpoint's largest page
-RETRY_STATUS = (429, 500, 502, 503, 504)
 PAPER_FIELDS = "paperId,title,externalIds"
 REF_FIELDS = "paperId,title,externalIds"
 
@@ -58,12 +52,14 @@ class S2Client:
                sleep: Callable[[float], None] = time.sleep):
     self.base_url = base_url.rstrip("/")
     self.api_key = api_key if api_key is not None else os.environ.get("S2_API_KEY")
-    self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
-    self.timeout_s, self.page_size, self.sleep = timeout_s, page_size, sleep
+    self.page_size = page_size
     # Without a key the shared pool allows ~100 requests / 5 min for everyone; with one, 1/s to start with.
-    self.min_interval_s = (1.0 if self.api_key else 3.0) if min_interval_s is None else min_interval_s
-    self._last = 0.0
-    self.stats = {"requests": 0, "retries": 0, "cache_hits": 0}
+    interval = (1.0 if self.api_key else 3.0) if min_interval_s is None else min_interval_s
+    self.http = http_retry.JsonClient({"x-api-key": self.api_key} if self.api_key else {}, S2Error, "check S2_API_KEY",
+                                      max_retries=max_retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                                      timeout_s=timeout_s, min_interval_s=interval, sleep=sleep)
+    self.stats = self.http.stats   # requests and retries, counted there; cache hits, here
+    self.stats["cache_hits"] = 0
     self.db = None
     if cache_path:
       os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
@@ -93,52 +89,9 @@ class S2Client:
 
   # --- HTTP ---
 
-  def _retry_after(self, err: urllib.error.HTTPError) -> float | None:
-    value = err.headers.get("Retry-After") if err.headers else None
-    if not value:
-      return None
-    try:
-      return max(0.0, float(value))
-    except ValueError:
-      when = email.utils.parsedate_to_datetime(value)   # The HTTP-date form.
-      return max(0.0, when.timestamp() - time.time()) if when else None
-
   def request(self, method: str, path: str, query: dict, body: dict | None = None):
     """JSON of a 2xx answer; None for 404; retries 429/5xx; raises S2Error for anything else."""
-    url = f"{self.base_url}{path}?{urllib.parse.urlencode(query)}"
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Accept": "application/json", "User-Agent": "physbert-jax data_prep.pairs"}
-    if data is not None:
-      headers["Content-Type"] = "application/json"
-    if self.api_key:
-      headers["x-api-key"] = self.api_key
-    for attempt in range(self.max_retries + 1):
-      wait = self.min_interval_s - (time.monotonic() - self._last)
-      if wait > 0:
-        self.sleep(wait)
-      self._last = time.monotonic()
-      self.stats["requests"] += 1
-      try:
-        with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method),
-                                    timeout=self.timeout_s) as r:
-          return json.loads(r.read().decode("utf-8"))
-      except urllib.error.HTTPError as e:
-        if e.code == 404:
-          return None
-        if e.code not in RETRY_STATUS:
-          detail = e.read().decode("utf-8", "replace")[:300]
-          hint = " (check S2_API_KEY)" if e.code in (401, 403) else ""
-          raise S2Error(f"{method} {url}: HTTP {e.code}{hint}: {detail}") from None
-        delay, why = self._retry_after(e), f"HTTP {e.code}"
-      except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        delay, why = None, str(e)
-      if attempt == self.max_retries:
-        raise S2Error(f"{method} {url}: still failing after {self.max_retries} retries ({why})")
-      if delay is None:
-        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random())
-      self.stats["retries"] += 1
-      self.sleep(delay)
-    raise AssertionError("unreachable")
+    return self.http.request(method, f"{self.base_url}{path}?{urllib.parse.urlencode(query)}", body, missing_ok=True)
 
   # --- endpoints ---
 

@@ -9,7 +9,7 @@ SPECTER-style and E5 training use them). Measured on the sample: category + cita
 title -> abstract retrieval (97.75 -> 91.12 nDCG@10); with these pairs mixed in, it holds (docs/LOG.md,
 2026-12-01). The QA set, when one is generated, takes this set's place.
 
-Sampling: the papers with a usable title and abstract (category.usable, a title of at least MIN_TITLE_CHARS) that
+Sampling: the papers with a usable title and abstract (papers.unusable, a title of at least MIN_TITLE_CHARS) that
 are not excluded, sorted by id, then `num_pairs` of them drawn with random.Random(seed) (all of them when fewer).
 The default size is the paper's 2M QA pairs scaled to the corpus (taxonomy.scaled).
 """
@@ -22,7 +22,7 @@ from typing import Iterable
 
 from data_prep import taxonomy
 from data_prep.corpus_io import Skipped
-from data_prep.pairs import category, papers, writer
+from data_prep.pairs import papers, writer
 
 KIND = "title-abstract"
 STAGE = "pairs title-abstract"   # the output marker (physbert_jax.outputs)
@@ -48,7 +48,7 @@ def build(meta: Iterable[str], out_dir: str, exclude: Iterable[str] = (), num_pa
     if p.id in excluded:
       counts["excluded"] += 1
       continue
-    why = category.usable(p, category.MIN_ABSTRACT_CHARS) or (
+    why = papers.unusable(p.abstract) or (
         "title too short" if len(p.title) < MIN_TITLE_CHARS else None)
     if why:
       skipped.add("meta", None, why, doc_id=p.id)

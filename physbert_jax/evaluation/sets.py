@@ -9,7 +9,7 @@ A sets directory (written by eval/build_sets.py) holds:
     retrieval-queries.jsonl.gz      {"id", "text": query, "relevant": [corpus ids]}
     retrieval-corpus.jsonl.gz       {"id", "text": abstract}
     subdomain-<domain>.jsonl.gz     {"id", "text": abstract, "label": subcategory}   (domain: cond-mat, astro-ph, hep)
-    train/subdomain-<domain>.jsonl.gz  {"id", "anchor": title, "positive": abstract, "label": subcategory}
+    train/subdomain-<domain>/       the domain's training pairs, a pair set (records.py): title -> abstract
     train/ids.txt                   ids of the training pairs (disjoint from ids.txt)
 
 Files are gzip JSON lines, one row per line, so a reader can stream them without holding a set in memory.
@@ -21,10 +21,9 @@ import gzip
 import hashlib
 import json
 import os
-import zlib
 from typing import Iterator
 
-from physbert_jax import outputs
+from physbert_jax import outputs, records
 
 SUBDOMAINS = ("cond-mat", "astro-ph", "hep")  # the paper's order
 
@@ -41,13 +40,16 @@ def subdomain_file(domain: str) -> str:
   return f"subdomain-{domain}.jsonl.gz"
 
 
+def subdomain_pairs(domain: str) -> str:
+  return f"subdomain-{domain}"
+
+
 # Keys every row of a file kind must carry, with the type each value must have.
 SCHEMAS = {
     "labelled": {"id": str, "text": str, "label": str},
     "pairs": {"id1": str, "id2": str, "text1": str, "text2": str, "label": int},
     "queries": {"id": str, "text": str, "relevant": list},
     "corpus": {"id": str, "text": str},
-    "train_pairs": {"id": str, "anchor": str, "positive": str, "label": str},
 }
 
 
@@ -61,38 +63,19 @@ def read_rows(path: str, schema: str) -> Iterator[dict]:
     raise SetError(f"{path}: set file not found (build it with `python -m eval.build_sets`)")
   keys = SCHEMAS[schema]
   n = 0
-  opener = gzip.open if path.endswith(".gz") else open
-  lineno = 0
-  with opener(path, "rb") as f:
-    while True:
-      try:
-        raw = f.readline()
-      except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise SetError(f"{path}: truncated or corrupt gzip after line {lineno} ({e}); rebuild the sets with "
-                       "`python -m eval.build_sets`") from None
-      if not raw:
-        break
-      lineno += 1
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError:
-        raise SetError(f"{path}: line {lineno}: not UTF-8") from None
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise SetError(f"{path}: line {lineno}: not JSON ({e})") from None
-      for key, kind in keys.items():
-        value = row.get(key)
-        if value is None or value == "" or value == []:
-          raise SetError(f"{path}: line {lineno}: missing {key!r} (a {schema} row needs {sorted(keys)})")
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-          raise SetError(f"{path}: line {lineno}: {key!r} must be {kind.__name__}, got {type(value).__name__}")
-      if schema == "pairs" and row["label"] not in (0, 1):
-        raise SetError(f"{path}: line {lineno}: 'label' must be 0 or 1, got {row['label']!r}")
-      n += 1
-      yield row
+  for lineno, row in records.strict_lines(path, SetError, fix="rebuild the sets with `python -m eval.build_sets`"):
+    if not isinstance(row, dict):
+      raise SetError(f"{path}: line {lineno}: not a JSON object")
+    for key, kind in keys.items():
+      value = row.get(key)
+      if value is None or value == "" or value == []:
+        raise SetError(f"{path}: line {lineno}: missing {key!r} (a {schema} row needs {sorted(keys)})")
+      if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SetError(f"{path}: line {lineno}: {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    if schema == "pairs" and row["label"] not in (0, 1):
+      raise SetError(f"{path}: line {lineno}: 'label' must be 0 or 1, got {row['label']!r}")
+    n += 1
+    yield row
   if n == 0:
     raise SetError(f"{path}: no rows (empty set)")
 

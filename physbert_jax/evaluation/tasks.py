@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from eval import embed_cache, metrics, sets
+from physbert_jax.evaluation import embed_cache, scores, sets
 
 TASKS = ("clustering", "citation", "retrieval") + tuple(f"subdomain-{d}" for d in sets.SUBDOMAINS)
 # Column titles and the metric shown, as in the paper's Table 1.
@@ -91,17 +91,17 @@ def clustering(ctx: Context, encoder, name: str = sets.CLUSTERING) -> dict:
   if len(np.unique(labels)) < 2:
     raise TaskSkipped(f"{ctx.path(name)}: fewer than 2 labels, nothing to cluster")
   try:
-    out = metrics.v_measure_folds(emb, labels, ctx.folds, ctx.seed)
+    out = scores.v_measure_folds(emb, labels, ctx.folds, ctx.seed)
   except ValueError as e:
     raise TaskSkipped(f"{ctx.path(name)}: {e}") from None
   out["main"] = out["v_measure"]
-  out.update(metrics.knn_accuracy(emb, labels))
+  out.update(scores.knn_accuracy(emb, labels))
   if ctx.trained_classes is not None:
     for group, keep in (("trained", True), ("untrained", False)):
       sel = np.isin(labels, sorted(ctx.trained_classes)) == keep
       if len(np.unique(labels[sel])) >= 2 and np.unique(labels[sel], return_counts=True)[1].min() >= \
-          metrics.MIN_PER_CLASS_PER_FOLD:
-        v = metrics.v_measure_folds(emb[sel], labels[sel], ctx.folds, ctx.seed)
+          scores.MIN_PER_CLASS_PER_FOLD:
+        v = scores.v_measure_folds(emb[sel], labels[sel], ctx.folds, ctx.seed)
         out[f"v_measure_{group}"], out[f"v_measure_{group}_std"] = v["v_measure"], v["v_measure_std"]
         out[f"classes_{group}"] = sorted(np.unique(labels[sel]).tolist())
   return out
@@ -120,7 +120,7 @@ def citation(ctx: Context, encoder) -> dict:
   left = np.array([index[r["text1"]] for r in rows])
   right = np.array([index[r["text2"]] for r in rows])
   labels = np.array([r["label"] for r in rows])
-  out = metrics.pair_classification(metrics.pair_cosine(emb, left, right), labels)
+  out = scores.pair_classification(scores.pair_cosine(emb, left, right), labels)
   out["main"] = out["accuracy"]
   return out
 
@@ -138,7 +138,7 @@ def retrieval(ctx: Context, encoder) -> dict:
     relevant.append({position[d] for d in q["relevant"]})
   q_emb = _embed_field(ctx, encoder, sets.RETRIEVAL_QUERIES, "queries", "text", len(queries))
   c_emb = _embed_field(ctx, encoder, sets.RETRIEVAL_CORPUS, "corpus", "text", len(corpus_ids))
-  out = metrics.retrieval(q_emb, c_emb, relevant)
+  out = scores.retrieval(q_emb, c_emb, relevant)
   out["main"] = out["ndcg@10"]
   return out
 
