@@ -44,8 +44,8 @@ from data_prep import stage, taxonomy
 from data_prep.corpus_io import Skipped
 from data_prep.pairs import papers, writer
 from data_prep.pairs.papers import read_exclude
-from physbert_jax import outputs, records
 from eval import citations
+from physbert_jax import outputs, records
 from physbert_jax.evaluation import sets
 
 # The paper's sizes (Sec. 3.2 and 4).

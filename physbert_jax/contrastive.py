@@ -175,14 +175,15 @@ def objective(config: ml_collections.ConfigDict, model, mesh, workdir: str) -> O
   steps_per_epoch = max(sum(counts.values()) // config.data.global_batch_size, 1)
   special = records.special_ids(os.path.join(tokenizer_dir, "tokenizer.json"), optional=("mask",))
   length = config.data.max_length
+  settings = encoder_settings(config)      # the step pools as the validator, encode and eval will
 
   def init_params(rng):
     d = jnp.zeros((1, length), jnp.int32)
     return model.init({"params": rng}, d, d + 1)["params"]          # no MLM head
 
   def make_step(tx, schedule):
-    return make_contrastive_step(model, tx, schedule, cfg=config.contrastive, pooling=config.pooling,
-                                             special_ids=special)
+    return make_contrastive_step(model, tx, schedule, cfg=config.contrastive, pooling=settings.pooling,
+                                 special_ids=special)
 
   # Forward+backward of every text, plus the GradCache re-embedding pass (one more forward); each text group at
   # the length it was padded to this step.
@@ -193,7 +194,6 @@ def objective(config: ml_collections.ConfigDict, model, mesh, workdir: str) -> O
     tokens = sum(b * l for b, l in shapes)
     return tokens, sum(b * l * metrics_lib.train_flops_per_token(model.cfg, l, 0.0) * recompute for b, l in shapes)
 
-  settings = encoder_settings(config)
   evaluate = (_validator(config, model, mesh, tokenizer_dir, workdir, settings,
                          pair_pipeline.trained_classes([s["path"] for s in sources]))
               if config.validation.sets else None)
@@ -223,8 +223,8 @@ def _validator(config, model, mesh, tokenizer_dir: str, workdir: str, settings: 
   The clustering set holds classes the category pairs do not teach (eval.build_sets keeps every class the corpus
   supports), so a run that forgets them loses V-measure and its checkpoint is not chosen. Logged beside it:
   V-measure on the `trained` classes and on the `untrained` ones, and 10-NN class accuracy."""
-  from physbert_jax.encode import Encoder         # encode imports jax's CPU/GPU choices; only a validating run
-  from physbert_jax.evaluation import tasks as eval_tasks   # needs it and sklearn
+  from physbert_jax.encode import Encoder                    # with sklearn (the tasks' scores): loaded only
+  from physbert_jax.evaluation import tasks as eval_tasks   # by a run that validates
 
   task_names = list(config.validation.tasks)
   replicate = jax.jit(lambda p: p, out_shardings=sharding.replicated(mesh))

@@ -55,10 +55,10 @@ class Encoder:
     if dtype not in DTYPES:
       raise ValueError(f"dtype {dtype!r}: use float32 or bfloat16")
     self.name = name
-    try:
+    try:                           # the model's record, a pooling or a shorter length asked for (never longer)
       self.settings = dataclasses.replace(weights.encoder, pooling=pooling or weights.encoder.pooling,
                                           max_length=min(int(max_length), weights.encoder.max_length))
-    except ValueError as e:        # never past the length the model declares
+    except ValueError as e:        # an unknown pooling
       raise ValueError(f"{name}: {e}") from None
     self.pooling, self.max_length = self.settings.pooling, self.settings.max_length
     self.normalize, self.lowercase = self.settings.normalize, self.settings.lowercase
